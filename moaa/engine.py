@@ -1,0 +1,188 @@
+"""The engine: a model's config and a thin class around ``vllm.LLM`` used inside Ray Data actor pools.
+
+``ray.data.llm``'s vLLM processor has no CPU path and keeps only the first of ``n`` samples, so this is
+our own: prompts are rendered with the model's chat template and tokenized here (so that their length
+is known before anything is sent), over-long prompts are returned as errors instead of being sent, and
+token counts come from vLLM's ``RequestOutput``s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import Field
+
+from moaa.config import Config
+
+
+class SamplingConfig(Config):
+    temperature: float = Field(0.7, description="Sampling temperature (MoA paper: 0.7).")
+    top_p: float = Field(1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(2048, description="Most tokens generated per answer (clamped to what the context leaves).")
+    seed: int | None = Field(None, description="Per-request seed for reproducible samples; null for random.")
+
+
+class ModelConfig(Config):
+    """One model served by a pool of vLLM engines (one Ray Data actor pool)."""
+
+    model: str = Field(description="Hub id or local path of the weights (vLLM and transformers format).")
+    name: str | None = Field(None, description="Display name in outputs and summaries; default: last path part.")
+    tokenizer: str | None = Field(None, description="Tokenizer hub id or path if not the model's.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
+    max_model_len: int | None = Field(None, description="Context length; prompts that do not fit are not sent.")
+    dtype: str = Field("auto", description="Weights dtype for vLLM ('auto', 'bfloat16', 'float32' on CPU).")
+    tensor_parallel_size: int = Field(1, description="GPUs per engine (tensor parallel).")
+    num_gpus: float = Field(0, description="GPUs reserved per engine actor; set = tensor_parallel_size on GPU.")
+    num_cpus: float = Field(1, description="CPUs reserved per engine actor (fractions allowed on CPU).")
+    replicas: int = Field(1, description="Engines (actors) in this model's pool.")
+    batch_size: int = Field(64, description="Rows per map_batches call: one vLLM batch.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation (required on CPU).")
+    gpu_memory_utilization: float = Field(0.9, description="vLLM's share of GPU memory.")
+    kv_cache_space_gb: float | None = Field(None, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    seed: int = Field(0, description="Engine seed.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM arguments.")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model.rstrip("/").split("/")[-1]
+
+    def ray_remote_args(self) -> dict[str, Any]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+@dataclass
+class Completion:
+    """One engine answer (or the reason there is none)."""
+
+    texts: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: list[int] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+
+class VLLMEngine:
+    """``vllm.LLM`` with chat rendering, length checks and per-row error isolation."""
+
+    def __init__(self, cfg: ModelConfig):
+        if cfg.kv_cache_space_gb is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg.kv_cache_space_gb))
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.llm = LLM(
+            model=cfg.model,
+            tokenizer=cfg.tokenizer,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            **cfg.engine_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The template already holds any BOS; adding special tokens again would double it.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _params(self, prompt_len: int, sampling: SamplingConfig, n: int, structured: Any):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=min(sampling.max_tokens, self.max_model_len - prompt_len),
+            seed=sampling.seed,
+            structured_outputs=structured,
+        )
+
+    def chat(
+        self,
+        conversations: list[list[dict[str, str]]],
+        sampling: SamplingConfig | None = None,
+        n: int = 1,
+        structured: Any = None,
+    ) -> list[Completion]:
+        """Answer every conversation; never raises for a bad row (the row's ``error`` says why)."""
+        sampling = sampling or self.cfg.sampling
+        results = [Completion() for _ in conversations]
+        todo: list[tuple[int, list[int]]] = []
+        for i, conv in enumerate(conversations):
+            try:
+                ids = self.render(conv)
+            except Exception as e:  # a template that rejects this conversation
+                results[i].error = f"chat template failed: {type(e).__name__}: {e}"
+                continue
+            results[i].prompt_tokens = len(ids)
+            if len(ids) >= self.max_model_len:
+                results[i].error = (
+                    f"prompt too long: {len(ids)} tokens, engine context is {self.max_model_len}; "
+                    "raise max_model_len or shorten the prompt"
+                )
+                continue
+            todo.append((i, ids))
+        if todo:
+            self._generate(todo, results, sampling, n, structured)
+        return results
+
+    def _generate(self, todo, results, sampling, n, structured) -> None:
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in todo]
+        params = [self._params(len(ids), sampling, n, structured) for _, ids in todo]
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:
+            if len(todo) == 1:
+                results[todo[0][0]].error = f"engine error: {type(e).__name__}: {e}"
+                return
+            # Isolate the failing row(s): one bad request must not fail the batch.
+            for item in todo:
+                self._generate([item], results, sampling, n, structured)
+            return
+        for (i, _), out in zip(todo, outputs):
+            r = results[i]
+            r.texts = [o.text for o in out.outputs]
+            r.completion_tokens = [len(o.token_ids) for o in out.outputs]
+            r.finish_reasons = [str(o.finish_reason) for o in out.outputs]
+
+
+class ChatStage:
+    """A Ray Data ``map_batches`` UDF (one per engine actor): rows carry a JSON ``state`` column;
+    ``build(state)`` gives the conversation to send (or None to pass the row through untouched) and
+    ``apply(state, completion)`` writes the answer back. Keeping the row state as one JSON string gives
+    every block of every stage the same Arrow schema."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        build: Callable[[dict], list[dict[str, str]] | None],
+        apply: Callable[[dict, Completion], None],
+        n: int = 1,
+        structured: Any = None,
+    ):
+        self.engine = VLLMEngine(model)
+        self.build, self.apply, self.n, self.structured = build, apply, n, structured
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        states = [json.loads(s) for s in batch["state"]]
+        todo = [(s, conv) for s in states if (conv := self.build(s)) is not None]
+        if todo:
+            completions = self.engine.chat([c for _, c in todo], n=self.n, structured=self.structured)
+            for (state, _), completion in zip(todo, completions):
+                self.apply(state, completion)
+        batch["state"] = np.array([json.dumps(s, ensure_ascii=False) for s in states], dtype=object)
+        return batch

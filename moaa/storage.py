@@ -1,0 +1,104 @@
+"""Local paths and cloud URIs (``s3://``, ``gs://``) through pyarrow filesystems, so that one config
+runs on a laptop and on a cluster. Every job reads and writes through these few functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it). Relative local paths are made absolute first so that Ray workers
+    started in other folders see the same files."""
+    if not is_uri(path):
+        path = os.path.abspath(path)
+    return pafs.FileSystem.from_uri(path)
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def list_files(path: str, suffix: str = "") -> list[str]:
+    """Files directly under a folder (sorted, full paths or URIs); empty if the folder is missing."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    names = sorted(
+        posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+    )
+    return [join(path, n) for n in names]
+
+
+def read_json(path: str) -> Any:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read().decode())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    # Local: write a temp file then rename, so a killed job never leaves half a file under the real name.
+    # Object stores: a single PUT is already all-or-nothing.
+    fs, p = resolve(path)
+    fs.create_dir(posixpath.dirname(p), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, p)
+    else:
+        with fs.open_output_stream(p) as f:
+            f.write(data)
+
+
+def write_json(path: str, obj: Any) -> None:
+    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """Write one Parquet file atomically (see ``_atomic_write``)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    _atomic_write(path, sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = resolve(path)
+    return pq.read_table(p, filesystem=fs, columns=columns)
+
+
+def parquet_num_rows(path: str) -> int:
+    fs, p = resolve(path)
+    with fs.open_input_file(p) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def remove(path: str) -> None:
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(p)
