@@ -1,0 +1,618 @@
+"""The ``prepare`` stage: UltraFeedback and UltraChat rows in; validated, deduplicated prompts out.
+
+Inputs are hub ids (``datasets.load_dataset``), or local/cloud Parquet, JSONL or JSON files (or folders of
+them). Outputs, under ``<runs_dir>/<run_id>/prepare/`` (or ``output_dir``):
+
+- ``prompts/part-NNNNN.parquet``: schema ``prompts`` (``schemas/prompts.json``);
+- ``quarantine.parquet``: schema ``quarantine``, every row that was set aside and why (always written);
+- ``summary.json``: rows in/out per source, quarantined rows per reason, shards, wall time;
+- ``manifest.json``: see ``moaa.runs``.
+
+Every input row ends up in exactly one place: a shard, the quarantine, or (only when ``subset`` is set)
+the rows the subset did not draw, which ``summary.json`` counts as ``not_sampled``.
+
+The work runs in two passes over each input so that memory stays small whatever the input size: the first
+validates and deduplicates, keeping only row numbers and ids; the second re-reads the rows that were kept
+(and drawn) and writes them shard by shard. Both passes read the same bytes in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from moaa import runs, schemas, storage
+from moaa.config import Config, config_hash
+
+STAGE = "prepare"
+FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+ROLES = ("system", "user", "assistant")
+# Fields that say where the outputs go, not what they hold: left out of the config hash so that the same
+# work reached through output_dir or through runs_dir/run_id is recognized as the same.
+LOCATION_FIELDS = {"run_id", "runs_dir", "output_dir"}
+
+
+class PrepareError(ValueError):
+    """An input that cannot be used at all; the message names the file and the fix."""
+
+
+class RowError(ValueError):
+    """One input row that cannot be used; its message becomes the quarantine reason."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+class SourceConfig(Config):
+    """Where one dataset comes from and how much of it to keep."""
+
+    path: str | None = Field(
+        None,
+        description="Hub id (e.g. openbmb/UltraFeedback), or a local/cloud path to a .parquet, .jsonl or "
+        ".json file or a folder of them, in the dataset's own column layout; null skips this source.",
+    )
+    split: str = Field("train", description="Split to load when path is a hub id (ignored for files).")
+    subset: int | None = Field(
+        None,
+        ge=1,
+        description="Keep at most this many rows, drawn with seed after validation and dedup; "
+        "null keeps all.",
+    )
+
+
+class UltraFeedbackConfig(SourceConfig):
+    path: str | None = Field(
+        "data/samples/ultrafeedback.jsonl",
+        description="openbmb/UltraFeedback: hub id, or a .parquet/.jsonl/.json file or folder in its layout "
+        "(source, instruction, ...); null skips it.",
+    )
+    split: str = Field("train", description="Split to load when path is a hub id (ignored for files).")
+
+
+class UltraChatConfig(SourceConfig):
+    path: str | None = Field(
+        "data/samples/ultrachat.jsonl",
+        description="HuggingFaceH4/ultrachat_200k: hub id, or a .parquet/.jsonl/.json file or folder in its "
+        "layout (prompt, prompt_id, messages); null skips it.",
+    )
+    split: str = Field("train_sft", description="Split to load when path is a hub id (ignored for files).")
+    subset: int | None = Field(
+        5000,
+        ge=1,
+        description="Keep at most this many conversations (the paper uses 5000), drawn with seed after "
+        "validation and dedup; null keeps all.",
+    )
+
+
+class PrepareConfig(Config):
+    """Config of ``jobs.prepare``. The defaults are the tiny embedded run on ``data/samples``."""
+
+    run_id: str = Field("demo", description="Name of the run; outputs go to <runs_dir>/<run_id>/prepare/.")
+    runs_dir: str = Field("runs", description="Folder or cloud URI (s3://, gs://) holding the runs.")
+    output_dir: str | None = Field(
+        None, description="Write here instead of <runs_dir>/<run_id>/prepare/ (folder or cloud URI)."
+    )
+    ultrafeedback: UltraFeedbackConfig = Field(
+        default_factory=UltraFeedbackConfig, description="Single-turn prompts from UltraFeedback."
+    )
+    ultrachat: UltraChatConfig = Field(
+        default_factory=UltraChatConfig, description="Multi-turn conversations from UltraChat."
+    )
+    seed: int = Field(42, description="Seed of the subset draws (same seed and inputs, same rows).")
+    dedup: bool = Field(
+        True,
+        description="Drop rows whose user turns repeat an earlier row's (whitespace-normalized), across "
+        "sources; the later row goes to the quarantine as 'duplicate of <prompt_id>'.",
+    )
+    rows_per_shard: int = Field(16, ge=1, description="Rows per prompts/part-NNNNN.parquet file.")
+
+
+def output_dir(cfg: PrepareConfig) -> str:
+    return cfg.output_dir or runs.stage_dir(cfg.runs_dir, cfg.run_id, STAGE)
+
+
+def prepare_hash(cfg: PrepareConfig) -> str:
+    return config_hash(cfg, exclude=LOCATION_FIELDS)
+
+
+# ------------------------------------------------------------------------------------------ row functions
+
+
+def prompt_id(messages: list[dict[str, str]]) -> str:
+    """sha256 (hex) of the canonical JSON of ``messages`` (role and content only, sorted keys, no spaces,
+    UTF-8): the same conversation gets the same id in every run and on every machine."""
+    canonical = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def normalize_ultrafeedback(row: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """(source, messages) of an openbmb/UltraFeedback row: its instruction as a single user turn."""
+    instruction, source = row.get("instruction"), row.get("source")
+    if not isinstance(instruction, str):
+        raise RowError(f"instruction is {type(instruction).__name__}, not a string")
+    if not isinstance(source, str) or not source.strip():
+        raise RowError("column 'source' is empty or not a string")
+    return f"ultrafeedback/{source.strip()}", [{"role": "user", "content": instruction}]
+
+
+def normalize_ultrachat(row: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """(source, messages) of a HuggingFaceH4/ultrachat_200k row: its messages as given (role and content)."""
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        raise RowError(f"messages is {type(messages).__name__}, not a list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RowError(f"message {i} is {type(m).__name__}, not an object with role and content")
+        out.append({"role": m.get("role"), "content": m.get("content")})
+    return "ultrachat", out
+
+
+def validate_messages(messages: list[dict[str, Any]]) -> str | None:
+    """Why ``messages`` cannot be used, or None. Allowed: an optional single leading system message, then
+    user first and strictly alternating user/assistant; every content a non-blank, UTF-8-encodable str."""
+    if not isinstance(messages, list) or not messages:
+        return "no messages"
+    start = 1 if messages[0].get("role") == "system" else 0
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            return f"bad role {role!r} in message {i} (expected one of {', '.join(ROLES)})"
+        if not isinstance(content, str):
+            return f"content of message {i} is {type(content).__name__}, not a string"
+        if not content.strip():
+            return f"empty content in message {i}"
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates (e.g. from a "\ud800" escape in JSON) cannot be written as UTF-8.
+            return f"invalid UTF-8 (lone surrogate) in message {i}"
+        if i < start:
+            continue
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if role != expected:
+            if role == "system":
+                return f"system message at position {i}; only one leading system message is allowed"
+            return (
+                f"message {i} is {role!r}, expected {expected!r} (turns must alternate, starting with user)"
+            )
+    if len(messages) == start:
+        return "no user turn"
+    return None
+
+
+def dedup_key(messages: list[dict[str, str]]) -> str:
+    """The user turns' text, whitespace-normalized (hashed: the first pass keeps only this per row)."""
+    users = [" ".join(m["content"].split()) for m in messages if m["role"] == "user"]
+    return hashlib.sha256(json.dumps(users, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def n_turns(messages: list[dict[str, str]]) -> int:
+    return sum(1 for m in messages if m["role"] == "user")
+
+
+def _printable(text: str) -> str:
+    # Quarantine text must be storable as UTF-8 even when the row held lone surrogates.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What prepare needs from one dataset: the columns it reads and how a row becomes messages."""
+
+    name: str
+    columns: tuple[str, ...]
+    normalize: Callable[[dict[str, Any]], tuple[str, list[dict[str, str]]]]
+    expected: str
+
+
+ULTRAFEEDBACK = Layout(
+    "ultrafeedback",
+    ("source", "instruction"),
+    normalize_ultrafeedback,
+    "the openbmb/UltraFeedback layout (source, instruction, models, completions, ...)",
+)
+ULTRACHAT = Layout(
+    "ultrachat",
+    ("messages",),
+    normalize_ultrachat,
+    "the HuggingFaceH4/ultrachat_200k layout (prompt, prompt_id, messages)",
+)
+
+
+@dataclass
+class RawRow:
+    """One input row as read: the decoded row, or the reason it could not be decoded."""
+
+    source_file: str
+    row_index: int
+    row: dict[str, Any] | None
+    raw: str
+    error: str | None = None
+
+
+def is_hub_id(path: str) -> bool:
+    """A path that names no file and looks like ``owner/name`` (or ``name``) is read from the hub."""
+    if storage.is_uri(path) or path.endswith(FILE_SUFFIXES) or os.path.exists(path):
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None
+
+
+def input_files(path: str) -> list[str]:
+    """The data files of a file or folder path (sorted), or a PrepareError saying what is wrong."""
+    fs, p = storage.resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        where = (
+            f" (relative to {os.getcwd()})" if not storage.is_uri(path) and not os.path.isabs(path) else ""
+        )
+        raise PrepareError(f"{path}: no such file or folder{where}; give a hub id or an existing path")
+    if info.type == pafs.FileType.File:
+        if not path.endswith(FILE_SUFFIXES):
+            raise PrepareError(f"{path}: unsupported file type; expected {', '.join(FILE_SUFFIXES)}")
+        return [path]
+    files = [f for f in storage.list_files(path) if f.endswith(FILE_SUFFIXES)]
+    if not files:
+        raise PrepareError(f"{path}: folder holds no {', '.join(FILE_SUFFIXES)} files")
+    return files
+
+
+def _missing_column(file: str, column: str, layout: Layout) -> PrepareError:
+    return PrepareError(f"{file}: column {column!r} missing; expected {layout.expected}")
+
+
+def _read_parquet(file: str, layout: Layout) -> Iterator[RawRow]:
+    fs, p = storage.resolve(file)
+    with fs.open_input_file(p) as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        for col in layout.columns:
+            if col not in names:
+                raise _missing_column(file, col, layout)
+        index = 0
+        for batch in pf.iter_batches(batch_size=1024, columns=list(layout.columns)):
+            for row in batch.to_pylist():
+                yield RawRow(file, index, row, _printable(json.dumps(row, ensure_ascii=False, default=str)))
+                index += 1
+
+
+def _parse_line(file: str, index: int, line: bytes, layout: Layout) -> RawRow:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raw = line.decode("utf-8", errors="replace")
+        return RawRow(
+            file, index, None, raw, f"line {index} is not valid UTF-8 ({e.reason} at byte {e.start})"
+        )
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return RawRow(
+            file, index, None, _printable(text), f"line {index} is not valid JSON ({e.msg}, column {e.colno})"
+        )
+    if not isinstance(row, dict):
+        return RawRow(
+            file, index, None, _printable(text), f"line {index} is a JSON {type(row).__name__}, not an object"
+        )
+    return RawRow(file, index, row, _printable(text))
+
+
+def _read_jsonl(file: str, layout: Layout, lines: Iterator[bytes] | None = None) -> Iterator[RawRow]:
+    # Line by line, as bytes: a line that is not UTF-8 or not JSON is quarantined with its line number
+    # instead of failing the whole file (which is what json/datasets readers do).
+    fs, p = storage.resolve(file)
+    with fs.open_input_stream(p) as stream:
+        checked = False
+        for index, line in enumerate(lines if lines is not None else io.BufferedReader(stream)):
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing one) are not rows
+            raw = _parse_line(file, index, line.rstrip(b"\r\n"), layout)
+            if raw.row is not None:
+                missing = [c for c in layout.columns if c not in raw.row]
+                if missing and not checked:
+                    # The first row decides whether this is the right dataset at all.
+                    raise _missing_column(file, missing[0], layout)
+                if missing:
+                    raw.error = f"column {missing[0]!r} missing"
+                checked = True
+            yield raw
+
+
+def _read_json(file: str, layout: Layout) -> Iterator[RawRow]:
+    # A .json file is either one JSON list of rows or (as often on the hub) JSON Lines.
+    fs, p = storage.resolve(file)
+    with fs.open_input_stream(p) as stream:
+        data = stream.read()
+    try:
+        rows = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        rows = None
+    if not isinstance(rows, list):
+        if isinstance(rows, dict):
+            raise PrepareError(f"{file}: holds one JSON object; expected a list of rows or JSON Lines")
+        yield from _read_jsonl(file, layout, iter(data.splitlines(keepends=True)))
+        return
+    for index, row in enumerate(rows):
+        raw = _printable(json.dumps(row, ensure_ascii=False))
+        if not isinstance(row, dict):
+            yield RawRow(file, index, None, raw, f"row {index} is a JSON {type(row).__name__}, not an object")
+            continue
+        missing = [c for c in layout.columns if c not in row]
+        if missing and index == 0:
+            raise _missing_column(file, missing[0], layout)
+        yield RawRow(file, index, row, raw, f"column {missing[0]!r} missing" if missing else None)
+
+
+class Source:
+    """One configured input. ``rows()`` can be iterated more than once and yields the same rows each time."""
+
+    def __init__(self, layout: Layout, cfg: SourceConfig) -> None:
+        assert cfg.path is not None
+        self.layout, self.cfg, self.path = layout, cfg, cfg.path
+        self.hub = is_hub_id(cfg.path)
+        self._dataset: Any = None
+        # Check the files now, so that a wrong path fails before any work is done.
+        self.files = [] if self.hub else input_files(cfg.path)
+        self.label = f"{cfg.path}[{cfg.split}]" if self.hub else cfg.path
+
+    def _load_hub(self) -> Any:
+        if self._dataset is None:
+            import datasets  # only hub inputs need it; it is slow to import
+
+            try:
+                ds = datasets.load_dataset(self.path, split=self.cfg.split)
+            except Exception as e:  # the hub client raises many types; all mean the same to the user
+                raise PrepareError(
+                    f"{self.path}: could not load split {self.cfg.split!r} from the Hugging Face hub "
+                    f"({type(e).__name__}: {e}). It is not a local file or folder either; check the path, "
+                    "the split, and network access (HF_TOKEN for gated data)."
+                ) from e
+            for col in self.layout.columns:
+                if col not in ds.column_names:
+                    raise _missing_column(self.label, col, self.layout)
+            self._dataset = ds.select_columns(list(self.layout.columns))
+        return self._dataset
+
+    def rows(self) -> Iterator[RawRow]:
+        if self.hub:
+            for index, row in enumerate(self._load_hub()):
+                yield RawRow(
+                    self.label, index, row, _printable(json.dumps(row, ensure_ascii=False, default=str))
+                )
+            return
+        for file in self.files:
+            if file.endswith(".parquet"):
+                yield from _read_parquet(file, self.layout)
+            elif file.endswith(".jsonl"):
+                yield from _read_jsonl(file, self.layout)
+            else:
+                yield from _read_json(file, self.layout)
+
+
+def open_sources(cfg: PrepareConfig) -> list[Source]:
+    """The configured inputs, UltraFeedback first (earlier rows win dedup), skipping null paths."""
+    pairs = [(ULTRAFEEDBACK, cfg.ultrafeedback), (ULTRACHAT, cfg.ultrachat)]
+    sources = [Source(layout, sc) for layout, sc in pairs if sc.path is not None]
+    if not sources:
+        raise PrepareError("both ultrafeedback.path and ultrachat.path are null; set at least one")
+    return sources
+
+
+def to_messages(raw: RawRow, layout: Layout) -> tuple[str, list[dict[str, str]]]:
+    """(source, messages) of a decoded row, or RowError with the quarantine reason."""
+    if raw.error is not None or raw.row is None:
+        raise RowError(raw.error or "unreadable row")
+    source, messages = layout.normalize(raw.row)
+    reason = validate_messages(messages)
+    if reason is not None:
+        raise RowError(reason)
+    return source, messages
+
+
+# --------------------------------------------------------------------------------------------- the passes
+
+
+@dataclass
+class SourceScan:
+    """What the first pass learned about one source."""
+
+    name: str
+    input: str
+    rows_in: int = 0
+    kept: list[int] = field(default_factory=list)  # positions in rows() order of the usable rows
+    drawn: list[int] | None = None  # after subset: the kept positions drawn (sorted); None = all kept
+    quarantined: Counter = field(default_factory=Counter)
+
+    @property
+    def selected(self) -> list[int]:
+        return self.kept if self.drawn is None else self.drawn
+
+
+@dataclass
+class Scan:
+    sources: list[SourceScan]
+    quarantine: list[dict[str, Any]]
+
+
+def reason_key(reason: str) -> str:
+    """Reasons grouped for the summary: every duplicate counts under 'duplicate'."""
+    return "duplicate" if reason.startswith("duplicate of ") else reason
+
+
+def validate_and_dedup(sources: list[Source], dedup: bool = True) -> Scan:
+    """First pass: every row is either kept (its position is remembered) or quarantined with its reason."""
+    seen: dict[str, str] = {}  # dedup key -> prompt_id of the first row with it
+    quarantine: list[dict[str, Any]] = []
+    scans = []
+    for source in sources:
+        scan = SourceScan(source.layout.name, source.label)
+        for position, raw in enumerate(source.rows()):
+            scan.rows_in += 1
+            try:
+                _, messages = to_messages(raw, source.layout)
+            except RowError as e:
+                reason: str | None = str(e)
+            else:
+                reason = None
+                if dedup:
+                    key = dedup_key(messages)
+                    if key in seen:
+                        reason = f"duplicate of {seen[key]}"
+                    else:
+                        seen[key] = prompt_id(messages)
+            if reason is None:
+                scan.kept.append(position)
+                continue
+            scan.quarantined[reason_key(reason)] += 1
+            quarantine.append(
+                {"source_file": raw.source_file, "row_index": raw.row_index, "reason": reason, "raw": raw.raw}
+            )
+        scans.append(scan)
+    return Scan(scans, quarantine)
+
+
+def draw_subsets(scan: Scan, cfg: PrepareConfig) -> None:
+    """Draw each source's subset from its kept rows. The generator is seeded with the seed and the source
+    name, so the draw depends only on (seed, source, kept rows) and two sources do not share a pattern."""
+    limits = {"ultrafeedback": cfg.ultrafeedback.subset, "ultrachat": cfg.ultrachat.subset}
+    for s in scan.sources:
+        limit = limits[s.name]
+        if limit is not None and len(s.kept) > limit:
+            rng = random.Random(f"{cfg.seed}:{s.name}")
+            s.drawn = sorted(rng.sample(s.kept, limit))
+
+
+def _shard_name(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+def write_shards(sources: list[Source], scan: Scan, out: str, rows_per_shard: int) -> dict[str, int]:
+    """Second pass: re-read the selected rows and write them as prompts shards. Returns {relative path:
+    rows}. Shards are filled in input order (UltraFeedback first), so a rerun writes the same files."""
+    prompts_dir = storage.join(out, "prompts")
+    storage.remove(prompts_dir)  # shards of an interrupted earlier attempt must not mix with these
+    shards: dict[str, int] = {}
+    buffer: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        name = _shard_name(len(shards))
+        storage.write_parquet(schemas.to_table(buffer, "prompts"), storage.join(prompts_dir, name))
+        shards[f"prompts/{name}"] = len(buffer)
+        buffer.clear()
+
+    for source, s in zip(sources, scan.sources):
+        wanted = set(s.selected)
+        for position, raw in enumerate(source.rows()):
+            if position not in wanted:
+                continue
+            src, messages = to_messages(raw, source.layout)  # valid: the first pass kept it
+            buffer.append(
+                {
+                    "prompt_id": prompt_id(messages),
+                    "source": src,
+                    "messages": messages,
+                    "n_turns": n_turns(messages),
+                }
+            )
+            if len(buffer) == rows_per_shard:
+                flush()
+    if buffer:
+        flush()
+    return shards
+
+
+def write_quarantine(scan: Scan, out: str) -> str:
+    """``quarantine.parquet``, written even when empty so that readers never have to guess."""
+    path = storage.join(out, "quarantine.parquet")
+    storage.write_parquet(schemas.to_table(scan.quarantine, "quarantine"), path)
+    return path
+
+
+def summarize(
+    cfg: PrepareConfig, scan: Scan, shards: dict[str, int], out: str, wall_s: float
+) -> dict[str, Any]:
+    """The run's accounting, written to ``summary.json``: for every source rows_in = rows_out + quarantined
+    + not_sampled."""
+    per_source = {}
+    by_reason: Counter = Counter()
+    for s in scan.sources:
+        q = sum(s.quarantined.values())
+        per_source[s.name] = {
+            "input": s.input,
+            "rows_in": s.rows_in,
+            "rows_out": len(s.selected),
+            "quarantined": q,
+            "not_sampled": len(s.kept) - len(s.selected),
+            "quarantined_by_reason": dict(sorted(s.quarantined.items())),
+        }
+        by_reason.update(s.quarantined)
+    summary = {
+        "stage": STAGE,
+        "run_id": cfg.run_id,
+        "output_dir": out,
+        "config_hash": prepare_hash(cfg),
+        "sources": per_source,
+        "rows_in": sum(v["rows_in"] for v in per_source.values()),
+        "rows_out": sum(shards.values()),
+        "quarantined": len(scan.quarantine),
+        "not_sampled": sum(v["not_sampled"] for v in per_source.values()),
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "shards": len(shards),
+        "wall_time_s": round(wall_s, 3),
+    }
+    storage.write_json(storage.join(out, runs.SUMMARY), summary)
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for the end of the job's output."""
+    parts = ", ".join(f"{v['rows_out']} {k}" for k, v in summary["sources"].items())
+    sampled = f", {summary['not_sampled']} not drawn by subset" if summary["not_sampled"] else ""
+    return (
+        f"prepare: {summary['rows_out']} prompts in {summary['shards']} shards ({parts}), "
+        f"{summary['quarantined']} quarantined{sampled} -> {summary['output_dir']}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- run bookkeeping
+
+
+def begin(cfg: PrepareConfig, out: str) -> dict[str, Any] | None:
+    """The manifest to fill, or None when ``out`` already holds this exact work (then there is nothing to
+    do). Another config's work in ``out`` raises ``runs.ResumeError``."""
+    h = prepare_hash(cfg)
+    manifest = runs.load_manifest(out)
+    if manifest is not None and manifest.get("status") == "complete" and manifest.get("config_hash") == h:
+        print(
+            f"prepare: {out} is already complete (config hash {h}); skipping. Use another run_id to redo it."
+        )
+        return None
+    return runs.start_manifest(out, STAGE, cfg.run_id, h, cfg.model_dump(mode="json"))
+
+
+def finish(out: str, manifest: dict[str, Any], shards: dict[str, int], summary: dict[str, Any]) -> None:
+    """Mark the stage complete. Paths are relative to ``out`` so the folder can be moved or copied."""
+    manifest["shards"] = {path: {"rows": rows} for path, rows in shards.items()}
+    runs.finish_manifest(
+        out,
+        manifest,
+        outputs={"prompts": list(shards), "quarantine": "quarantine.parquet", "summary": runs.SUMMARY},
+        rows_out=summary["rows_out"],
+        quarantined=summary["quarantined"],
+    )
