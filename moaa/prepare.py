@@ -105,10 +105,10 @@ class PrepareConfig(Config):
         None, description="Write here instead of <runs_dir>/<run_id>/prepare/ (folder or cloud URI)."
     )
     ultrafeedback: UltraFeedbackConfig = Field(
-        default_factory=UltraFeedbackConfig, description="Single-turn prompts from UltraFeedback."
+        UltraFeedbackConfig(), description="Single-turn prompts from UltraFeedback."
     )
     ultrachat: UltraChatConfig = Field(
-        default_factory=UltraChatConfig, description="Multi-turn conversations from UltraChat."
+        UltraChatConfig(), description="Multi-turn conversations from UltraChat."
     )
     seed: int = Field(42, description="Seed of the subset draws (same seed and inputs, same rows).")
     dedup: bool = Field(

@@ -349,6 +349,20 @@ def test_parquet_inputs_give_the_same_prompts(sample_run: tuple[Path, dict], tmp
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("form", ["list", "lines"])
+def test_json_file_as_list_or_json_lines(tmp_path: Path, form: str) -> None:
+    rows = read_jsonl(UC)
+    path = tmp_path / "uc.json"
+    path.write_text(
+        json.dumps(rows) if form == "list" else Path(UC).read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    out = tmp_path / "out"
+    summary = main(cfg_for(out, **{"ultrafeedback.path": None, "ultrachat.path": str(path)}))
+    assert summary is not None and (summary["rows_out"], summary["quarantined"]) == (12, 3)
+    q = storage.read_parquet(str(out / "quarantine.parquet")).to_pylist()
+    assert sorted(r["row_index"] for r in q) == [3, 7, 11]
+
+
 def test_wrong_layout_names_file_and_fix(tmp_path: Path) -> None:
     _write_parquet([{"prompt": "x", "text": "y"}], tmp_path / "wrong.parquet")
     with pytest.raises(
@@ -488,3 +502,9 @@ def test_tiny_yaml_is_the_embedded_default() -> None:
     paper = load_config(PrepareConfig, ROOT / "configs/prepare/paper.yaml")
     assert paper.ultrafeedback.path == "openbmb/UltraFeedback" and paper.ultrachat.subset == 5000
     assert paper.rows_per_shard == 1000 and paper.seed == 42
+
+
+def test_cli_help_lists_nested_keys() -> None:
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    assert "ultrachat.subset (int | None, 5000)" in proc.stdout and "ultrafeedback.path" in proc.stdout
