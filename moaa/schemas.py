@@ -120,3 +120,22 @@ def validate(table: pa.Table | pa.Schema, name: str, where: str = "") -> None:
             raise SchemaError(
                 f"{name}{where}: column {f.name!r} has {table.column(f.name).null_count} null(s) but is required"
             )
+
+
+def check_columns(schema: pa.Schema, name: str, columns: list[str], where: str = "") -> None:
+    """Check that ``columns`` of contract ``name`` are in ``schema`` with the contract's types. Other
+    columns are allowed: a reader that needs a few columns must keep working when a later stage adds more."""
+    expected = arrow_schema(name)
+    where = f" in {where}" if where else ""
+    for col in columns:
+        want = expected.field(col).type
+        if col not in schema.names:
+            raise SchemaError(
+                f"{name}{where}: missing column {col!r} (expected type {want}); the file has {schema.names} "
+                f"(schemas/{name}.json)"
+            )
+        got = schema.field(col).type
+        if not got.equals(want):
+            raise SchemaError(
+                f"{name}{where}: column {col!r} is {got}, expected {want} (schemas/{name}.json)"
+            )

@@ -1,0 +1,649 @@
+"""SFT and DPO training: TRL's ``SFTTrainer`` / ``DPOTrainer`` run inside each Ray Train worker.
+
+The driver reads and checks the data before any worker starts (schema, error rows), sizes the worker group
+from the config (fixed or elastic, GPU with NCCL or CPU with gloo) and runs a ``TorchTrainer``. Each worker
+runs one TRL trainer; every TRL save is reported to Ray Train as a checkpoint, so a worker that dies is
+replaced and the group resumes from the last checkpoint, and a re-run of a crashed job (same run_id) finds
+that checkpoint in ``storage_path`` and resumes too. Rank 0 saves the final model and tokenizer in Hugging
+Face format (what vLLM and transformers load) and the driver writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from moaa import runs, schemas, storage
+from moaa.config import Config, config_hash
+from moaa.tiny import TINY_MODELS, make_tiny_models
+
+TINY_MODEL = "models/tiny/tiny-qwen2-a"
+SFT_DATA_STAGE = "generate_sft"
+# The preference (MoA-judge) job that will write schemas/preference.json data under this stage name.
+PREFERENCE_DATA_STAGE = "generate_preference"
+MODEL_DIR = "model"
+# Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
+# `datasets` hashes TRL's map functions (pages of bytecode in the console); progress bars of weight loading
+# repeat for every worker. Our own progress line is printed by rank 0.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; raised on the driver before any worker starts."""
+
+
+class ScalingSettings(Config):
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="Training workers (one process each, data parallel); the "
+        "upper bound when min_workers is set.",
+    )
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Elastic range: Ray Train starts with as many workers "
+        "as fit between min_workers and num_workers and resizes on failures or new "
+        "nodes. Null: exactly num_workers.",
+    )
+    device: Literal["auto", "gpu", "cpu"] = Field(
+        "auto",
+        description="'gpu': NCCL, gpus_per_worker each; 'cpu': "
+        "gloo; 'auto': gpu if the Ray cluster has GPUs, else cpu.",
+    )
+    gpus_per_worker: float = Field(1, gt=0, description="GPUs reserved per worker when on GPU.")
+    cpus_per_worker: float = Field(
+        1, gt=0, description="CPUs reserved per worker (also its torch threads on CPU)."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> ScalingSettings:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must be <= num_workers ({self.num_workers})")
+        return self
+
+    @property
+    def worker_counts(self) -> list[int]:
+        return list(range(self.min_workers or self.num_workers, self.num_workers + 1))
+
+
+class CheckpointSettings(Config):
+    save_steps: int = Field(
+        20,
+        ge=1,
+        description="TRL saves a checkpoint every this many optimizer steps; each "
+        "is reported to Ray Train (the point a failed run resumes from).",
+    )
+    num_to_keep: int = Field(
+        2, ge=1, description="Checkpoints Ray Train keeps in storage_path (oldest deleted)."
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train storage (local path or s3:// gs:// URI; shared "
+        "storage on a multi-node cluster). Null: <output_dir>/ray.",
+    )
+    max_failures: int = Field(
+        3,
+        ge=-1,
+        description="Worker-group failures to recover from (restart from the last "
+        "checkpoint) before the job fails; -1: unlimited.",
+    )
+
+
+class TrainConfig(Config):
+    """What SFT and DPO share: data, model, batch arithmetic, optimizer, scaling and checkpoints."""
+
+    run_id: str = Field("demo", description="Run folder name under runs_dir.")
+    runs_dir: str = Field("runs", description="Root of run folders (local path or URI).")
+    model: str | None = Field(
+        TINY_MODEL,
+        description="Model to train: hub id or local path (HF format). The tiny "
+        "models under models/tiny are built when missing.",
+    )
+    data: str | None = Field(
+        None,
+        description="Parquet file or folder of Parquet files; null: the upstream "
+        "stage's data folder in this run.",
+    )
+    output_dir: str | None = Field(
+        None,
+        description="Where model/, summary.json and manifest.json go; null: <runs_dir>/<run_id>/<stage>.",
+    )
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Workers and devices.")
+    checkpoint: CheckpointSettings = Field(
+        default_factory=CheckpointSettings, description="Checkpoints, faults."
+    )
+
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    num_epochs: float = Field(2, gt=0, description="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1: num_epochs decides.")
+    per_device_batch_size: int = Field(
+        2, ge=1, description="Sequences (or packed blocks) per worker per micro-step."
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Micro-steps per optimizer step; "
+        "null: effective_batch_size decides (1 if that is null too).",
+    )
+    effective_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences per optimizer step = per device "
+        "batch x accumulation x workers; refused if some allowed worker "
+        "count cannot reach it exactly.",
+    )
+    max_length: int = Field(
+        256, ge=8, description="Tokens per sequence (longer ones are truncated); the block size when packing."
+    )
+    lr_scheduler_type: str = Field("linear", description="transformers scheduler name (linear, cosine, ...).")
+    warmup_steps: float = Field(0.0, ge=0, description=">= 1: warmup steps; < 1: fraction of all steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="'auto': bf16 on GPU, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (saves memory)."
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard weights, gradients and optimizer states over workers "
+        "(TrainingArguments.fsdp); needed to fully fine-tune 8B-9B models; GPU only.",
+    )
+    logging_steps: int = Field(1, ge=1, description="Log (and print) loss every this many optimizer steps.")
+    seed: int = Field(42, description="Seed for model init of new heads, data order and dropout.")
+
+    stage: ClassVar[str] = ""  # the run folder stage name
+    schema_name: ClassVar[str] = ""  # contract of the input data
+    text_columns: ClassVar[tuple[str, ...]] = ()  # columns TRL reads (plus 'error', which filters rows)
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        bad = []
+        for w in self.scaling.worker_counts:
+            per_step = self.per_device_batch_size * w
+            if self.effective_batch_size is not None:
+                gas = self.gradient_accumulation_steps or self.effective_batch_size // per_step
+                if gas < 1 or per_step * gas != self.effective_batch_size:
+                    bad.append(w)
+        if bad:
+            how = (
+                f"x {self.gradient_accumulation_steps} accumulation"
+                if self.gradient_accumulation_steps
+                else "x a whole number of accumulation steps"
+            )
+            raise ValueError(
+                f"effective_batch_size {self.effective_batch_size} cannot be reached with "
+                f"per_device_batch_size {self.per_device_batch_size} {how} x {bad} worker(s); "
+                "pick an effective batch divisible by per_device_batch_size x workers for every allowed "
+                f"worker count {self.scaling.worker_counts}"
+            )
+        return self
+
+    # -- derived values ------------------------------------------------------------------------------------
+    def gradient_accumulation(self, world_size: int) -> int:
+        if self.gradient_accumulation_steps is not None:
+            return self.gradient_accumulation_steps
+        if self.effective_batch_size is not None:
+            return self.effective_batch_size // (self.per_device_batch_size * world_size)
+        return 1
+
+    def effective_batch(self, world_size: int) -> int:
+        return self.per_device_batch_size * self.gradient_accumulation(world_size) * world_size
+
+    def batch_line(self) -> str:
+        """E.g. 'effective batch 128 = 2 per device x 8 accumulation x 8 workers' (per worker count)."""
+        return "; ".join(
+            f"effective batch {self.effective_batch(w)} = {self.per_device_batch_size} per device x "
+            f"{self.gradient_accumulation(w)} accumulation x {w} worker{'s' if w > 1 else ''}"
+            for w in self.scaling.worker_counts
+        )
+
+    @property
+    def out_dir(self) -> str:
+        return self.output_dir or runs.stage_dir(self.runs_dir, self.run_id, self.stage)
+
+    @property
+    def data_path(self) -> str:
+        upstream = SFT_DATA_STAGE if self.stage == "train_sft" else PREFERENCE_DATA_STAGE
+        return self.data or storage.join(runs.stage_dir(self.runs_dir, self.run_id, upstream), "data")
+
+    @property
+    def model_path(self) -> str:
+        assert self.model is not None
+        return self.model
+
+    @property
+    def storage_path(self) -> str:
+        path = self.checkpoint.storage_path or storage.join(self.out_dir, "ray")
+        return path if storage.is_uri(path) else os.path.abspath(path)
+
+    def hash(self) -> str:
+        # How many failures to tolerate and how many checkpoints to keep do not change the result: a re-run
+        # with other values must still resume.
+        return config_hash(self, exclude={"checkpoint": {"max_failures", "num_to_keep"}})
+
+
+class TrainSFTConfig(TrainConfig):
+    """``jobs.train_sft``: supervised fine-tuning on generate_sft's conversations (schemas/sft.json)."""
+
+    packing: bool = Field(False, description="Pack conversations into max_length blocks (TRL packing).")
+    assistant_only_loss: bool = Field(
+        True,
+        description="Loss on assistant turns only, where the chat template "
+        "allows it (generation markers, or a TRL training template); else the "
+        "whole conversation, with a printed note.",
+    )
+
+    stage: ClassVar[str] = "train_sft"
+    schema_name: ClassVar[str] = "sft"
+    text_columns: ClassVar[tuple[str, ...]] = ("messages",)
+
+
+class TrainDPOConfig(TrainConfig):
+    """``jobs.train_dpo``: DPO on preference pairs (schemas/preference.json), by default on the SFT model."""
+
+    model: str | None = Field(
+        None,
+        description="Policy to train (and the reference's weights); null: this "
+        "run's train_sft output, <runs_dir>/<run_id>/train_sft/model.",
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type: sigmoid (DPO), ipo, hinge, robust, ...")
+    reference: Literal["frozen_copy", "precomputed"] = Field(
+        "frozen_copy",
+        description="'frozen_copy': a second copy of the starting model in memory; "
+        "'precomputed': its log-probs computed once before training, then no reference model is kept.",
+    )
+
+    stage: ClassVar[str] = "train_dpo"
+    schema_name: ClassVar[str] = "preference"
+    text_columns: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
+
+    @property
+    def model_path(self) -> str:
+        return self.model or storage.join(runs.stage_dir(self.runs_dir, self.run_id, "train_sft"), MODEL_DIR)
+
+
+# -- read + check (driver) ---------------------------------------------------------------------------------
+def data_files(path: str) -> list[str]:
+    if not storage.exists(path):
+        raise DataError(f"training data {path} does not exist; run the upstream job first or set data=...")
+    fs, p = storage.resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        return [path]
+    files = storage.list_files(path, ".parquet")
+    if not files:
+        raise DataError(f"{path} holds no .parquet files")
+    return files
+
+
+def check_data(cfg: TrainConfig) -> dict[str, Any]:
+    """Schema of every file and row counts, read from the driver before any worker starts: a bad file fails
+    here with the column named, not minutes later inside a worker."""
+    files = data_files(cfg.data_path)
+    total = errored = 0
+    for f in files:
+        fs, p = storage.resolve(f)
+        with fs.open_input_file(p) as fh:
+            schema = pq.read_schema(fh)
+        schemas.check_columns(schema, cfg.schema_name, [*cfg.text_columns, "error"], where=f)
+        err = storage.read_parquet(f, columns=["error"]).column("error")
+        total += len(err)
+        errored += err.length() - err.null_count
+    if total - errored == 0:
+        raise DataError(
+            f"no usable rows in {cfg.data_path}: {total} row(s), all {errored} with 'error' set; "
+            "nothing to train on"
+        )
+    return {"files": files, "rows_total": total, "rows_errored": errored, "rows_used": total - errored}
+
+
+def load_rows(files: list[str], columns: tuple[str, ...]) -> pa.Table:
+    """The usable rows (error is null), only the columns training reads: later stages may add others."""
+    tables = [storage.read_parquet(f, columns=[*columns, "error"]) for f in files]
+    table = pa.concat_tables(tables)
+    return table.filter(pc.is_null(table.column("error"))).select(list(columns))
+
+
+def ensure_model(path: str) -> None:
+    """Build the tiny models when the embedded default points at one that is not there yet."""
+    p = Path(path)
+    if not storage.is_uri(path) and not p.exists() and p.name in {s.name for s in TINY_MODELS}:
+        make_tiny_models(p.parent)
+
+
+# -- the TRL run (a Ray worker, or a plain process for the benchmark) ----------------------------------------
+def _dataset(table: pa.Table):
+    """A file-backed ``datasets.Dataset``, at one path per content on each node: TRL's precomputed
+    reference log-probs are cached next to the dataset's file, and every rank must find rank 0's cache."""
+    import datasets
+
+    key = hashlib.sha256(str(table.schema).encode() + str(table.num_rows).encode())
+    for batch in table.to_batches():
+        key.update(batch.to_pandas().to_json().encode())
+    folder = Path(tempfile.gettempdir()) / "moaa-train-data" / key.hexdigest()[:16]
+    path = folder / "data.arrow"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".data.{os.getpid()}.arrow"
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    return datasets.Dataset.from_file(str(path))
+
+
+def assistant_loss_supported(tokenizer) -> bool:
+    """True when TRL can mask non-assistant tokens: the template has generation markers, or TRL ships a
+    training version of it (Llama 3, Gemma, Qwen ...)."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        get_training_chat_template(tokenizer)
+        return True
+    except ValueError:
+        return False
+
+
+def _last_loss(log_history: list[dict[str, Any]]) -> float | None:
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    return float(losses[-1]) if losses else None
+
+
+def run_trl(
+    cfg: TrainConfig,
+    files: list[str],
+    work_dir: str,
+    *,
+    world_size: int = 1,
+    use_gpu: bool = False,
+    resume_from: str | None = None,
+    callbacks: list | None = None,
+    final_dir: str | None = None,
+) -> dict[str, Any]:
+    """Build the TRL trainer for ``cfg`` and train; returns the run's numbers. Inside Ray Train the process
+    group is already up (accelerate picks it up from the environment Ray sets)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    is_sft = isinstance(cfg, TrainSFTConfig)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+    train_data = _dataset(load_rows(files, cfg.text_columns))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_path, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+
+    class Progress(TrainerCallback):
+        """One line per log step on rank 0: Ray forwards worker output to the driver's console."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                print(
+                    f"[{cfg.stage}] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} "
+                    f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
+                    f"tokens {state.num_input_tokens_seen}",
+                    flush=True,
+                )
+
+    common: dict[str, Any] = dict(
+        output_dir=work_dir,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation(world_size),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        bf16=bf16,
+        use_cpu=not use_gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        fsdp=cfg.fsdp or None,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint.save_steps,
+        save_total_limit=1,  # local scratch only: Ray Train keeps the reported copies
+        seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+    )
+    assistant_only = False
+    if is_sft:
+        assistant_only = cfg.assistant_only_loss and assistant_loss_supported(tokenizer)
+        if cfg.assistant_only_loss and not assistant_only:
+            print(
+                f"[{cfg.stage}] the chat template of {cfg.model_path} cannot mark assistant turns: loss on "
+                "whole conversations",
+                flush=True,
+            )
+        args = SFTConfig(**common, packing=cfg.packing, assistant_only_loss=assistant_only)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_data,
+            processing_class=tokenizer,
+            callbacks=[Progress(), *(callbacks or [])],
+        )
+    else:
+        assert isinstance(cfg, TrainDPOConfig)
+        args = DPOConfig(
+            **common,
+            beta=cfg.beta,
+            loss_type=[cfg.loss_type],
+            precompute_ref_log_probs=cfg.reference == "precomputed",
+        )
+        # ref_model=None: TRL loads the frozen copy from the same path, or none when precomputing.
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_data,
+            processing_class=tokenizer,
+            callbacks=[Progress(), *(callbacks or [])],
+        )
+
+    trainer.remove_callback(PrinterCallback)  # Progress prints the loss line instead
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    session_tokens = state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
+    runtime = float(out.metrics.get("train_runtime", 0.0))
+    if final_dir is not None:
+        trainer.save_model(final_dir)  # every rank: a collective under FSDP; rank 0 writes
+    return {
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs": state.epoch,
+        "final_loss": _last_loss(state.log_history),
+        "losses": [[h["step"], h["loss"]] for h in state.log_history if "loss" in h],
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "session_tokens": int(session_tokens),
+        "train_runtime_s": runtime,
+        "tokens_per_s": session_tokens / runtime if runtime > 0 else None,
+        "world_size": world_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation(world_size),
+        "effective_batch_size": cfg.effective_batch(world_size),
+        "assistant_only_loss": assistant_only if is_sft else None,
+        "rows_trained": len(train_data),
+    }
+
+
+def _report_callback():
+    """A TrainerCallback that reports each TRL save to Ray Train. Every rank reports its own checkpoint
+    folder (rank 0: weights, optimizer, trainer state; others: their RNG state) and Ray merges them."""
+    import ray.train
+    from transformers import TrainerCallback
+
+    class RayReport(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            ckpt = ray.train.Checkpoint.from_directory(folder) if os.path.isdir(folder) else None
+            metrics = {"step": state.global_step, "epoch": state.epoch, "loss": _last_loss(state.log_history)}
+            ray.train.report(
+                metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint-{state.global_step:07d}"
+            )
+
+    return RayReport()
+
+
+def _publish(local_dir: str, dest: str) -> None:
+    """Copy a finished local folder to ``dest`` (path or URI); local: copy beside it then rename, so that a
+    killed worker never leaves half a model under the final name."""
+    if storage.is_uri(dest):
+        fs, p = storage.resolve(dest)
+        pafs.copy_files(local_dir, p, destination_filesystem=fs)
+        return
+    dest = os.path.abspath(dest)
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.copytree(local_dir, tmp)
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's per-worker loop: resume from Ray's latest checkpoint if any, train, rank 0 publishes the
+    model. Rank 0's return value is the run's numbers (Ray Train hands it to the driver)."""
+    import ray.train
+    import torch
+
+    cfg: TrainConfig = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not config["use_gpu"]:
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    scratch = tempfile.mkdtemp(prefix=f"moaa-{cfg.stage}-rank{rank}-")
+    try:
+        resume_from, resumed = None, None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            resumed = checkpoint.path
+            resume_from = checkpoint.to_directory(os.path.join(scratch, "resume"))
+            if rank == 0:
+                print(f"[{cfg.stage}] resuming from {resumed}", flush=True)
+        final_dir = os.path.join(scratch, "final")
+        result = run_trl(
+            cfg,
+            config["files"],
+            os.path.join(scratch, "hf"),
+            world_size=world,
+            use_gpu=config["use_gpu"],
+            resume_from=resume_from,
+            callbacks=[_report_callback()],
+            final_dir=final_dir,
+        )
+        if rank == 0:
+            _publish(final_dir, storage.join(cfg.out_dir, MODEL_DIR))
+        return {**result, "resumed_from": resumed}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- scale + train (driver) ------------------------------------------------------------------------------
+def wants_gpu(cfg: TrainConfig) -> bool:
+    import ray
+
+    if cfg.scaling.device == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return cfg.scaling.device == "gpu"
+
+
+def scaling_config(cfg: TrainConfig, use_gpu: bool):
+    from ray.train import ScalingConfig
+
+    s = cfg.scaling
+    num_workers: int | tuple[int, int] = (
+        s.num_workers if s.min_workers is None else (s.min_workers, s.num_workers)
+    )
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
+    """Run the TorchTrainer; raises when the run fails after max_failures recoveries."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    use_gpu = wants_gpu(cfg)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg, "files": files, "use_gpu": use_gpu},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=scaling_config(cfg, use_gpu),
+        run_config=RunConfig(
+            # A fixed name per run folder: a re-run after a crash finds this run's checkpoints and resumes.
+            name=f"{cfg.stage}-{cfg.run_id}",
+            storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+        ),
+    )
+    result = trainer.fit()
+    return {**result.return_value, "device": "gpu" if use_gpu else "cpu"}
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """The whole job: read+check -> scale -> train -> save -> summary. Returns the summary."""
+    start = time.time()
+    out = cfg.out_dir
+    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.hash(), cfg.model_dump(mode="json"))
+    summary_path = storage.join(out, runs.SUMMARY)
+    if manifest["status"] == "complete" and storage.exists(summary_path):
+        print(f"[{cfg.stage}] {out} is complete; delete it or use another run_id to train again")
+        return storage.read_json(summary_path)
+
+    data = check_data(cfg)  # read + check, before any worker starts
+    ensure_model(cfg.model_path)
+    if not storage.is_uri(cfg.model_path) and cfg.model is None and not storage.exists(cfg.model_path):
+        raise DataError(
+            f"no model at {cfg.model_path}: run jobs.train_sft for run {cfg.run_id!r} first or set model="
+        )
+    print(
+        f"[{cfg.stage}] {data['rows_used']} rows to train on ({data['rows_errored']} with error skipped) "
+        f"from {cfg.data_path}"
+    )
+    print(f"[{cfg.stage}] {cfg.batch_line()}")
+    metrics = fit(cfg, data["files"])  # scale + train; rank 0 saves the model
+    model_dir = storage.join(out, MODEL_DIR)
+    summary = {
+        "stage": cfg.stage,
+        "run_id": cfg.run_id,
+        "model": cfg.model_path,
+        "data": cfg.data_path,
+        "output_model": model_dir,
+        "rows_total": data["rows_total"],
+        "rows_errored": data["rows_errored"],
+        "rows_used": data["rows_used"],
+        **{k: v for k, v in metrics.items() if k not in {"step", "epoch", "loss", "max_steps"}},
+        "wall_time_s": round(time.time() - start, 2),
+        "ray_storage": storage.join(cfg.storage_path, f"{cfg.stage}-{cfg.run_id}"),
+        "config_hash": cfg.hash(),
+    }
+    storage.write_json(summary_path, summary)
+    runs.finish_manifest(out, manifest, model=model_dir, summary=summary_path)
+    print(
+        f"[{cfg.stage}] done: {summary['steps']} steps, {summary['epochs']:.2f} epochs, final loss "
+        f"{summary['final_loss']}, {summary['tokens_per_s'] or 0:.0f} tokens/s; model in {model_dir}"
+    )
+    if summary["resumed_from"]:
+        print(f"[{cfg.stage}] resumed from {summary['resumed_from']}")
+    return summary
