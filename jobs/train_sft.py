@@ -11,6 +11,8 @@ from the last checkpoint. ``--help`` lists every key.
 
 from __future__ import annotations
 
+import time
+
 from moaa import train
 from moaa.config import parse_cli
 
@@ -18,8 +20,13 @@ CONFIG_CLASS = train.TrainSFTConfig
 
 
 def main(cfg: train.TrainSFTConfig) -> dict:
-    # read+check -> scale -> train -> save -> summary; each step is named in moaa.train.run
-    return train.run(cfg)
+    start = time.time()
+    manifest, finished = train.open_run(cfg)
+    if finished is not None:
+        return finished
+    data = train.read_and_check(cfg)  # read + check: schema, error rows, model; before any worker
+    metrics = train.fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
+    return train.write_summary(cfg, manifest, data, metrics, start)  # summary.json
 
 
 if __name__ == "__main__":

@@ -601,17 +601,22 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     return {**result.return_value, "device": "gpu" if use_gpu else "cpu"}
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """The whole job: read+check -> scale -> train -> save -> summary. Returns the summary."""
-    start = time.time()
-    out = cfg.out_dir
-    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.hash(), cfg.model_dump(mode="json"))
-    summary_path = storage.join(out, runs.SUMMARY)
+def open_run(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(manifest, summary of a run that already finished, else None). Another config in the same output
+    folder is refused (runs.ResumeError)."""
+    manifest = runs.start_manifest(
+        cfg.out_dir, cfg.stage, cfg.run_id, cfg.hash(), cfg.model_dump(mode="json")
+    )
+    summary_path = storage.join(cfg.out_dir, runs.SUMMARY)
     if manifest["status"] == "complete" and storage.exists(summary_path):
-        print(f"[{cfg.stage}] {out} is complete; delete it or use another run_id to train again")
-        return storage.read_json(summary_path)
+        print(f"[{cfg.stage}] {cfg.out_dir} is complete; delete it or use another run_id to train again")
+        return manifest, storage.read_json(summary_path)
+    return manifest, None
 
-    data = check_data(cfg)  # read + check, before any worker starts
+
+def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
+    """Data and model checks on the driver, before Ray or any worker starts."""
+    data = check_data(cfg)
     ensure_model(cfg.model_path)
     if not storage.is_uri(cfg.model_path) and cfg.model is None and not storage.exists(cfg.model_path):
         raise DataError(
@@ -622,8 +627,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         f"from {cfg.data_path}"
     )
     print(f"[{cfg.stage}] {cfg.batch_line()}")
-    metrics = fit(cfg, data["files"])  # scale + train; rank 0 saves the model
-    model_dir = storage.join(out, MODEL_DIR)
+    return data
+
+
+def write_summary(
+    cfg: TrainConfig, manifest: dict[str, Any], data: dict[str, Any], metrics: dict[str, Any], start: float
+) -> dict[str, Any]:
+    """summary.json (and a complete manifest) from the driver's counts and rank 0's numbers."""
+    model_dir = storage.join(cfg.out_dir, MODEL_DIR)
     summary = {
         "stage": cfg.stage,
         "run_id": cfg.run_id,
@@ -633,13 +644,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "rows_total": data["rows_total"],
         "rows_errored": data["rows_errored"],
         "rows_used": data["rows_used"],
-        **{k: v for k, v in metrics.items() if k not in {"step", "epoch", "loss", "max_steps"}},
+        **metrics,
         "wall_time_s": round(time.time() - start, 2),
         "ray_storage": storage.join(cfg.storage_path, f"{cfg.stage}-{cfg.run_id}"),
         "config_hash": cfg.hash(),
     }
+    summary_path = storage.join(cfg.out_dir, runs.SUMMARY)
     storage.write_json(summary_path, summary)
-    runs.finish_manifest(out, manifest, model=model_dir, summary=summary_path)
+    runs.finish_manifest(cfg.out_dir, manifest, model=model_dir, summary=summary_path)
     print(
         f"[{cfg.stage}] done: {summary['steps']} steps, {summary['epochs']:.2f} epochs, final loss "
         f"{summary['final_loss']}, {summary['tokens_per_s'] or 0:.0f} tokens/s; model in {model_dir}"

@@ -20,11 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from jobs import train_dpo, train_sft
 from moaa import schemas, storage
 from moaa.config import ConfigError, load_config
 from moaa.schemas import SchemaError
 from moaa.tiny import make_tiny_models
-from moaa.train import DataError, TrainDPOConfig, TrainSFTConfig, run, scaling_config
+from moaa.train import DataError, TrainDPOConfig, TrainSFTConfig, scaling_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT_ROWS, SFT_ERRORS = 36, 4
@@ -148,7 +149,7 @@ def _assert_fails_before_ray(cfg, exc: type[Exception], *needles: str) -> None:
     import ray
 
     with pytest.raises(exc) as info:
-        run(cfg)
+        (train_sft.main if isinstance(cfg, TrainSFTConfig) else train_dpo.main)(cfg)
     for needle in needles:
         assert needle in str(info.value)
     assert not ray.is_initialized(), "the data check must fail before any worker (or Ray) starts"
@@ -194,13 +195,13 @@ def ray_session():
 def sft_run(ray_session, runs_dir, tiny_models) -> dict:
     # 32 usable rows, 2 per device x 2 accumulation x 2 workers = 8 per step: 4 steps per epoch, 2 epochs.
     cfg = tiny_sft(runs_dir, tiny_models, "scaling.num_workers=2", "effective_batch_size=8", "num_epochs=2")
-    return run(cfg)
+    return train_sft.main(cfg)
 
 
 @pytest.fixture(scope="module")
 def dpo_run(sft_run, runs_dir) -> dict:
     cfg = load_config(TrainDPOConfig, ROOT / "configs/train_dpo/tiny.yaml", [f"runs_dir={runs_dir}"])
-    return run(cfg)
+    return train_dpo.main(cfg)
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -321,7 +322,7 @@ def test_killed_worker_run_finishes_from_a_checkpoint(ray_session, runs_dir, tin
     os.makedirs(runs_dir / "killed/generate_sft", exist_ok=True)
     os.symlink(runs_dir / "demo/generate_sft/data", runs_dir / "killed/generate_sft/data")
     watcher.start()
-    summary = run(cfg)
+    summary = train_sft.main(cfg)
     watcher.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert summary["steps"] == 30
