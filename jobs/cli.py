@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 JOBS = sorted(
-    p.stem for p in Path(__file__).parent.glob("*.py") if p.stem not in {"__init__", "cli"} and not p.stem.startswith("_")
+    p.stem
+    for p in Path(__file__).parent.glob("*.py")
+    if p.stem not in {"__init__", "cli"} and not p.stem.startswith("_")
 )
 
 

@@ -117,7 +117,11 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in cls.model_fields.items():
         ann = field.annotation
         sub = next(
-            (a for a in [ann, *getattr(ann, "__args__", ())] if isinstance(a, type) and issubclass(a, BaseModel)),
+            (
+                a
+                for a in [ann, *getattr(ann, "__args__", ())]
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
             None,
         )
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))

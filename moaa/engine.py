@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -22,7 +24,9 @@ from moaa.config import Config
 class SamplingConfig(Config):
     temperature: float = Field(0.7, description="Sampling temperature (MoA paper: 0.7).")
     top_p: float = Field(1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(2048, description="Most tokens generated per answer (clamped to what the context leaves).")
+    max_tokens: int = Field(
+        2048, description="Most tokens generated per answer (clamped to what the context leaves)."
+    )
     seed: int | None = Field(None, description="Per-request seed for reproducible samples; null for random.")
 
 
@@ -30,19 +34,27 @@ class ModelConfig(Config):
     """One model served by a pool of vLLM engines (one Ray Data actor pool)."""
 
     model: str = Field(description="Hub id or local path of the weights (vLLM and transformers format).")
-    name: str | None = Field(None, description="Display name in outputs and summaries; default: last path part.")
+    name: str | None = Field(
+        None, description="Display name in outputs and summaries; default: last path part."
+    )
     tokenizer: str | None = Field(None, description="Tokenizer hub id or path if not the model's.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
-    max_model_len: int | None = Field(None, description="Context length; prompts that do not fit are not sent.")
+    max_model_len: int | None = Field(
+        None, description="Context length; prompts that do not fit are not sent."
+    )
     dtype: str = Field("auto", description="Weights dtype for vLLM ('auto', 'bfloat16', 'float32' on CPU).")
     tensor_parallel_size: int = Field(1, description="GPUs per engine (tensor parallel).")
-    num_gpus: float = Field(0, description="GPUs reserved per engine actor; set = tensor_parallel_size on GPU.")
+    num_gpus: float = Field(
+        0, description="GPUs reserved per engine actor; set = tensor_parallel_size on GPU."
+    )
     num_cpus: float = Field(1, description="CPUs reserved per engine actor (fractions allowed on CPU).")
     replicas: int = Field(1, description="Engines (actors) in this model's pool.")
     batch_size: int = Field(64, description="Rows per map_batches call: one vLLM batch.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation (required on CPU).")
     gpu_memory_utilization: float = Field(0.9, description="vLLM's share of GPU memory.")
-    kv_cache_space_gb: float | None = Field(None, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_space_gb: float | None = Field(
+        None, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
+    )
     seed: int = Field(0, description="Engine seed.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM arguments.")
 
@@ -75,6 +87,10 @@ class VLLMEngine:
     def __init__(self, cfg: ModelConfig):
         if cfg.kv_cache_space_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg.kv_cache_space_gb))
+        # The engine already lives in its own Ray actor process: running vLLM's engine core in-process
+        # saves a second process per engine (memory) and starts faster (measured 26 s vs 62 s on CPU).
+        if cfg.tensor_parallel_size == 1:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.cfg = cfg
@@ -160,29 +176,78 @@ class VLLMEngine:
             r.finish_reasons = [str(o.finish_reason) for o in out.outputs]
 
 
-class ChatStage:
-    """A Ray Data ``map_batches`` UDF (one per engine actor): rows carry a JSON ``state`` column;
-    ``build(state)`` gives the conversation to send (or None to pass the row through untouched) and
-    ``apply(state, completion)`` writes the answer back. Keeping the row state as one JSON string gives
-    every block of every stage the same Arrow schema."""
+class EnginePool:
+    """A model's engines: ``replicas`` Ray actors, each holding one ``VLLMEngine``, started once per job.
 
-    def __init__(
-        self,
-        model: ModelConfig,
-        build: Callable[[dict], list[dict[str, str]] | None],
-        apply: Callable[[dict, Completion], None],
-        n: int = 1,
-        structured: Any = None,
-    ):
-        self.engine = VLLMEngine(model)
-        self.build, self.apply, self.n, self.structured = build, apply, n, structured
+    Ray Data stages call into them instead of owning the engine themselves because one engine serves
+    many stages: every turn of a multi-turn chat (turn t needs turn t-1's aggregated answer, so turns are
+    successive passes) and every MoA layer that uses the same model. An engine that lived inside a
+    ``map_batches`` actor would be reloaded for each of them.
+    """
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        states = [json.loads(s) for s in batch["state"]]
-        todo = [(s, conv) for s in states if (conv := self.build(s)) is not None]
-        if todo:
-            completions = self.engine.chat([c for _, c in todo], n=self.n, structured=self.structured)
-            for (state, _), completion in zip(todo, completions):
-                self.apply(state, completion)
-        batch["state"] = np.array([json.dumps(s, ensure_ascii=False) for s in states], dtype=object)
-        return batch
+    def __init__(self, cfg: ModelConfig):
+        import ray
+
+        actor_cls = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=1)(_EngineActor)
+        self.cfg = cfg
+        self.actors = [actor_cls.remote(cfg) for _ in range(cfg.replicas)]
+
+    def wait_ready(self) -> None:
+        import ray
+
+        try:
+            ray.get([a.ready.remote() for a in self.actors])
+        except Exception as e:
+            raise RuntimeError(
+                f"engine for model {self.cfg.display_name!r} ({self.cfg.model}) failed to start: {e}. "
+                "Check the model path or hub id, max_model_len and the resources in its config."
+            ) from None
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+class _EngineActor:
+    def __init__(self, cfg: ModelConfig):
+        self.engine = VLLMEngine(cfg)
+
+    def ready(self) -> int:
+        return self.engine.max_model_len
+
+    def chat(self, conversations, sampling=None, n=1, structured=None) -> list[Completion]:
+        if structured is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured = StructuredOutputsParams(**structured)
+        return self.engine.chat(conversations, sampling=sampling, n=n, structured=structured)
+
+
+def engine_stage(
+    batch: dict[str, np.ndarray],
+    *,
+    actors: list[Any],
+    build: Callable[[dict], list[dict[str, str]] | None],
+    apply: Callable[[dict, Completion], None],
+    n: int = 1,
+    structured: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """A Ray Data ``map_batches`` function: rows carry a JSON ``state`` column; ``build(state)`` gives
+    the conversation to send (None passes the row through untouched), one engine of the pool answers the
+    whole batch in one vLLM call, and ``apply(state, completion)`` writes each answer back. Keeping the
+    row state as one JSON string gives every block of every stage the same Arrow schema."""
+    import ray
+
+    states = [json.loads(s) for s in batch["state"]]
+    todo = [(s, conv) for s in states if (conv := build(s)) is not None]
+    if todo:
+        actor = random.choice(actors)
+        completions = ray.get(actor.chat.remote([c for _, c in todo], n=n, structured=structured))
+        for (state, _), completion in zip(todo, completions):
+            apply(state, completion)
+    return {
+        "shard": batch["shard"],
+        "state": np.array([json.dumps(s, ensure_ascii=False) for s in states], dtype=object),
+    }

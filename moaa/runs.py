@@ -26,7 +26,9 @@ def load_manifest(out_dir: str) -> dict[str, Any] | None:
     return storage.read_json(path) if storage.exists(path) else None
 
 
-def start_manifest(out_dir: str, stage: str, run_id: str, cfg_hash: str, config: dict[str, Any]) -> dict[str, Any]:
+def start_manifest(
+    out_dir: str, stage: str, run_id: str, cfg_hash: str, config: dict[str, Any]
+) -> dict[str, Any]:
     """Open (or reopen, to resume) the manifest of a stage. A folder written with other settings is
     refused: mixing two configurations in one output would make rows incomparable."""
     manifest = load_manifest(out_dir)
@@ -34,7 +36,8 @@ def start_manifest(out_dir: str, stage: str, run_id: str, cfg_hash: str, config:
         if manifest.get("config_hash") != cfg_hash:
             raise ResumeError(
                 f"{out_dir} holds a {stage} run with config hash {manifest.get('config_hash')}, but this "
-                f"config hashes to {cfg_hash}. Use another run_id (or output_dir), or delete the folder to start over."
+                f"config hashes to {cfg_hash}. Use another run_id (or output_dir), or delete the folder "
+                "to start over."
             )
         manifest["resumed"] = manifest.get("resumed", 0) + 1
     else:
@@ -68,7 +71,11 @@ def require_complete(in_dir: str, stage: str) -> dict[str, Any]:
     """The manifest of an upstream stage that must have finished; a clear error otherwise."""
     manifest = load_manifest(in_dir)
     if manifest is None:
-        raise FileNotFoundError(f"{in_dir} has no {MANIFEST}: run the {stage} job first (python -m jobs.{stage})")
+        raise FileNotFoundError(
+            f"{in_dir} has no {MANIFEST}: run the {stage} job first (python -m jobs.{stage})"
+        )
     if manifest.get("status") != "complete":
-        raise RuntimeError(f"{in_dir}: the {stage} job has not finished (status {manifest.get('status')!r}); rerun it")
+        raise RuntimeError(
+            f"{in_dir}: the {stage} job has not finished (status {manifest.get('status')!r}); rerun it"
+        )
     return manifest

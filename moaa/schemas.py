@@ -77,7 +77,10 @@ def load(name: str) -> dict[str, Any]:
 def arrow_schema(name: str) -> pa.Schema:
     doc = load(name)
     return pa.schema(
-        [pa.field(c["name"], parse_type(c["type"]), nullable=c.get("nullable", False)) for c in doc["columns"]],
+        [
+            pa.field(c["name"], parse_type(c["type"]), nullable=c.get("nullable", False))
+            for c in doc["columns"]
+        ],
         metadata={"moaa.schema": name},
     )
 
@@ -115,10 +118,13 @@ def validate(table: pa.Table | pa.Schema, name: str, where: str = "") -> None:
     for f in expected:
         got = schema.field(f.name).type
         if not got.equals(f.type):
-            raise SchemaError(f"{name}{where}: column {f.name!r} is {got}, expected {f.type} (schemas/{name}.json)")
+            raise SchemaError(
+                f"{name}{where}: column {f.name!r} is {got}, expected {f.type} (schemas/{name}.json)"
+            )
         if isinstance(table, pa.Table) and not f.nullable and table.column(f.name).null_count:
             raise SchemaError(
-                f"{name}{where}: column {f.name!r} has {table.column(f.name).null_count} null(s) but is required"
+                f"{name}{where}: column {f.name!r} has {table.column(f.name).null_count} null(s) "
+                "but is required"
             )
 
 

@@ -89,6 +89,12 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(p, filesystem=fs, columns=columns)
 
 
+def read_schema(path: str) -> pa.Schema:
+    fs, p = resolve(path)
+    with fs.open_input_file(p) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
 def parquet_num_rows(path: str) -> int:
     fs, p = resolve(path)
     with fs.open_input_file(p) as f:

@@ -106,7 +106,9 @@ def make_tiny_models(out_dir: str | os.PathLike, specs: tuple[TinySpec, ...] = T
         tmp = out / f".{spec.name}.tmp"
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "moaa_tiny.json").write_text(json.dumps({"name": spec.name, "arch": spec.architecture, "seed": spec.seed}))
+        (tmp / "moaa_tiny.json").write_text(
+            json.dumps({"name": spec.name, "arch": spec.architecture, "seed": spec.seed})
+        )
         tmp.rename(path)
     return paths
 
@@ -119,3 +121,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: moaa make-tiny-models DIR")
     for p in make_tiny_models(args[0]):
         print(p)
+
+
+def ensure_tiny_models(model_paths: list[str]) -> None:
+    """Build any missing tiny model named in a config (the embedded default), leave all others alone:
+    real runs name hub ids or paths that are simply passed to the engine."""
+    by_name = {s.name: s for s in TINY_MODELS}
+    for path in model_paths:
+        p = Path(path)
+        if "://" not in path and p.name in by_name and not (p / "config.json").exists():
+            make_tiny_models(p.parent, specs=(by_name[p.name],))
