@@ -93,6 +93,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"config file {path} does not exist") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    # Overrides apply to the defaults as well as to the file, so `proposers.0.sampling.temperature=0.2`
+    # works on a default list without restating it.
+    default = _try_default(cls)
+    if default is not None:
+        data = _merge(default.model_dump(mode="python"), data)
     for ov in overrides or []:
         key, sep, raw = ov.partition("=")
         if not sep or not key:
@@ -111,27 +116,51 @@ def config_hash(cfg: BaseModel, **include: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per field, dotted, with type, default and description (``--help`` output)."""
+def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The config class inside an annotation (``X``, ``X | None``, ``list[X]``) and whether it is a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in getattr(annotation, "__args__", ()):
+        sub, _ = _submodel(arg)
+        if sub is not None:
+            return sub, getattr(annotation, "__origin__", None) is list
+    return None, False
+
+
+def describe(cls: type[BaseModel], prefix: str = "", value: BaseModel | None = None) -> list[str]:
+    """One line per key, dotted, with its type, default and description (the ``--help`` text)."""
     lines = []
+    value = value if value is not None else _try_default(cls)
     for name, field in cls.model_fields.items():
-        ann = field.annotation
-        sub = next(
-            (
-                a
-                for a in [ann, *getattr(ann, "__args__", ())]
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        if sub is not None and not field.is_required() and isinstance(field.get_default(), BaseModel | None):
+        current = getattr(value, name, None) if value is not None else None
+        sub, is_list = _submodel(field.annotation)
+        if sub is not None and current is not None:
             lines.append(f"{prefix}{name}: {field.description or ''}")
-            lines.extend(describe(sub, prefix + name + "."))
-        else:
-            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
-            lines.append(f"{prefix}{name} ({type_name}, {default}): {field.description or ''}")
+            items = list(enumerate(current)) if is_list else [(None, current)]
+            for i, item in items:
+                lines.extend(describe(sub, f"{prefix}{name}.{'' if i is None else f'{i}.'}", item))
+            continue
+        type_name = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
+        default = "required" if current is None and field.is_required() else repr(current)
+        lines.append(f"{prefix}{name} ({type_name}, {default}): {field.description or ''}")
     return lines
+
+
+def _try_default(cls: type[BaseModel]) -> BaseModel | None:
+    try:
+        return cls()
+    except ValidationError:
+        return None
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """``update`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        merged = dict(base)
+        for key, val in update.items():
+            merged[key] = _merge(base[key], val) if key in base else val
+        return merged
+    return update
 
 
 def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:

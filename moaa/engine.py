@@ -230,14 +230,14 @@ def engine_stage(
     *,
     actors: list[Any],
     build: Callable[[dict], list[dict[str, str]] | None],
-    apply: Callable[[dict, Completion], None],
+    apply: Callable[[dict, Completion, list[dict[str, str]]], None],
     n: int = 1,
     structured: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """A Ray Data ``map_batches`` function: rows carry a JSON ``state`` column; ``build(state)`` gives
-    the conversation to send (None passes the row through untouched), one engine of the pool answers the
-    whole batch in one vLLM call, and ``apply(state, completion)`` writes each answer back. Keeping the
-    row state as one JSON string gives every block of every stage the same Arrow schema."""
+    the conversation to send (None passes the row through untouched), one engine of the pool answers
+    the whole batch in one vLLM call, and ``apply(state, completion, conversation)`` writes each answer
+    back. Keeping the row state as one JSON string gives every block of every stage one Arrow schema."""
     import ray
 
     states = [json.loads(s) for s in batch["state"]]
@@ -245,8 +245,8 @@ def engine_stage(
     if todo:
         actor = random.choice(actors)
         completions = ray.get(actor.chat.remote([c for _, c in todo], n=n, structured=structured))
-        for (state, _), completion in zip(todo, completions):
-            apply(state, completion)
+        for (state, conv), completion in zip(todo, completions):
+            apply(state, completion, conv)
     return {
         "shard": batch["shard"],
         "state": np.array([json.dumps(s, ensure_ascii=False) for s in states], dtype=object),

@@ -118,6 +118,7 @@ class GenerateSFTConfig(Config):
             "proposers": [m.model_dump(mode="json", include=keep) for m in self.proposers],
             "aggregator": self.aggregator.model_dump(mode="json", include=keep),
             "layers": self.layers,
+            "keep_prompts": self.keep_prompts,
             "prompt": hashlib.sha256(prompts.AGGREGATE_AND_SYNTHESIZE.encode()).hexdigest(),
             "input": self.in_dir(),
         }
@@ -143,7 +144,7 @@ def _load_shards(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"shard": np.array(shards, dtype=object), "state": np.array(states, dtype=object)}
 
 
-def _stage(ds, pool: EnginePool, *, turn: int, layer: int, final: bool):
+def _stage(ds, pool: EnginePool, *, turn: int, layer: int, final: bool, keep_prompts: bool):
     import ray.data
 
     name = pool.cfg.display_name
@@ -152,7 +153,14 @@ def _stage(ds, pool: EnginePool, *, turn: int, layer: int, final: bool):
         fn_kwargs={
             "actors": pool.actors,
             "build": partial(moa.build_messages, turn=turn, layer=layer, model=name),
-            "apply": partial(moa.apply_completion, turn=turn, layer=layer, model=name, final=final),
+            "apply": partial(
+                moa.apply_completion,
+                turn=turn,
+                layer=layer,
+                model=name,
+                final=final,
+                keep_prompt=keep_prompts,
+            ),
         },
         batch_size=pool.cfg.batch_size,
         # Two batches in flight per engine: one generating, one queued, so an engine never waits.
@@ -166,8 +174,17 @@ def build_turn_pipeline(ds, cfg: GenerateSFTConfig, pools: dict[str, EnginePool]
     aggregator."""
     for layer in range(1, cfg.layers):
         for model in cfg.proposers:
-            ds = _stage(ds, pools[model.display_name], turn=turn, layer=layer, final=False)
-    return _stage(ds, pools[AGGREGATOR], turn=turn, layer=cfg.layers, final=True)
+            ds = _stage(
+                ds,
+                pools[model.display_name],
+                turn=turn,
+                layer=layer,
+                final=False,
+                keep_prompts=cfg.keep_prompts,
+            )
+    return _stage(
+        ds, pools[AGGREGATOR], turn=turn, layer=cfg.layers, final=True, keep_prompts=cfg.keep_prompts
+    )
 
 
 def start_pools(cfg: GenerateSFTConfig) -> dict[str, EnginePool]:

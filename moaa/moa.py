@@ -6,8 +6,8 @@ A row's state is a plain dict (carried between Ray Data stages as one JSON strin
     n_turns, system, user_turns  the conversation to regenerate (system may be None)
     answers                      the final (aggregated) answer of each finished turn
     proposals                    every answer of every turn and layer: {turn, layer, model, content,
-                                 prompt_tokens, completion_tokens, finish_reason}; the aggregator's is the
-                                 last layer's
+                                 prompt_tokens, completion_tokens, finish_reason, prompt}; the aggregator's
+                                 is the last layer's; prompt (the messages sent) only with keep_prompts
     error, error_stage           set by the first stage that failed; later stages skip the row
 
 Turns are regenerated in order: turn t's history carries the aggregated answers of turns < t, never the
@@ -94,9 +94,18 @@ def build_messages(state: dict[str, Any], *, turn: int, layer: int, model: str) 
 
 
 def apply_completion(
-    state: dict[str, Any], completion: Completion, *, turn: int, layer: int, model: str, final: bool
+    state: dict[str, Any],
+    completion: Completion,
+    messages: Messages,
+    *,
+    turn: int,
+    layer: int,
+    model: str,
+    final: bool,
+    keep_prompt: bool = False,
 ) -> None:
-    """Record ``model``'s answer at (turn, layer); the final layer's answer becomes the turn's answer."""
+    """Record ``model``'s answer at (turn, layer); the final layer's answer becomes the turn's answer.
+    ``keep_prompt`` stores the exact messages sent (for audits; it multiplies the output size)."""
     if completion.error is not None:
         state["error"] = completion.error
         state["error_stage"] = f"turn{turn}/layer{layer}/{model}"
@@ -110,6 +119,7 @@ def apply_completion(
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens[0],
             "finish_reason": completion.finish_reasons[0],
+            "prompt": messages if keep_prompt else None,
         }
     )
     if final:
