@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import transformers, trl, ray, vllm; print('moaa installed: vllm', vllm.__version__, 'trl', trl.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
+# The embedded default end to end: local Ray, tiny local models, the shipped sample data -> runs/demo/.
 demo: install
-	$(PY) -m jobs.demo
+	$(PY) -m jobs.prepare
+	$(PY) -m jobs.generate_sft
 
 test: install
 	$(PY) -m pytest -ra

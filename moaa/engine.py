@@ -225,29 +225,39 @@ class _EngineActor:
         return self.engine.chat(conversations, sampling=sampling, n=n, structured=structured)
 
 
-def engine_stage(
-    batch: dict[str, np.ndarray],
-    *,
-    actors: list[Any],
-    build: Callable[[dict], list[dict[str, str]] | None],
-    apply: Callable[[dict, Completion, list[dict[str, str]]], None],
-    n: int = 1,
-    structured: dict[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
-    """A Ray Data ``map_batches`` function: rows carry a JSON ``state`` column; ``build(state)`` gives
-    the conversation to send (None passes the row through untouched), one engine of the pool answers
-    the whole batch in one vLLM call, and ``apply(state, completion, conversation)`` writes each answer
-    back. Keeping the row state as one JSON string gives every block of every stage one Arrow schema."""
-    import ray
+class EngineStage:
+    """A Ray Data ``map_batches`` callable class that feeds one engine pool: rows carry a JSON ``state``
+    column; ``build(state)`` gives the conversation to send (None passes the row through untouched), an
+    engine of the pool answers the whole batch in one vLLM call, and
+    ``apply(state, completion, conversation)`` writes each answer back.
 
-    states = [json.loads(s) for s in batch["state"]]
-    todo = [(s, conv) for s in states if (conv := build(s)) is not None]
-    if todo:
-        actor = random.choice(actors)
-        completions = ray.get(actor.chat.remote([c for _, c in todo], n=n, structured=structured))
-        for (state, conv), completion in zip(todo, completions):
-            apply(state, completion, conv)
-    return {
-        "shard": batch["shard"],
-        "state": np.array([json.dumps(s, ensure_ascii=False) for s in states], dtype=object),
-    }
+    A (light) actor class rather than a function because Ray Data fuses consecutive task stages into
+    one task, which would run proposer after proposer on the same batch and leave engines idle; stages
+    with their own actor pools stay separate and run concurrently on different batches. Keeping the
+    row state as one JSON string gives every block of every stage one Arrow schema."""
+
+    def __init__(
+        self,
+        actors: list[Any],
+        build: Callable[[dict], list[dict[str, str]] | None],
+        apply: Callable[[dict, Completion, list[dict[str, str]]], None],
+        n: int = 1,
+        structured: dict[str, Any] | None = None,
+    ):
+        self.actors, self.build, self.apply, self.n, self.structured = actors, build, apply, n, structured
+        self.next = random.randrange(len(actors))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        states = [json.loads(s) for s in batch["state"]]
+        todo = [(s, conv) for s in states if (conv := self.build(s)) is not None]
+        if todo:
+            actor = self.actors[self.next % len(self.actors)]
+            self.next += 1
+            convs = [c for _, c in todo]
+            completions = ray.get(actor.chat.remote(convs, n=self.n, structured=self.structured))
+            for (state, conv), completion in zip(todo, completions):
+                self.apply(state, completion, conv)
+        states_json = [json.dumps(s, ensure_ascii=False) for s in states]
+        return {"shard": batch["shard"], "state": np.array(states_json, dtype=object)}

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from moaa import __version__, moa, prompts, runs, schemas, storage
 from moaa.config import Config
-from moaa.engine import EnginePool, ModelConfig, SamplingConfig, engine_stage
+from moaa.engine import EnginePool, EngineStage, ModelConfig, SamplingConfig
 
 STAGE = "generate_sft"
 AGGREGATOR = "aggregator"  # key of the aggregator's pool (proposer pools are keyed by display name)
@@ -80,6 +80,9 @@ class GenerateSFTConfig(Config):
     layers: int = Field(2, description="MoA layers including the aggregator: 2 = proposers -> aggregator.")
     prices: dict[str, Price] = Field(
         default_factory=dict, description="Optional USD prices per model display name, for the cost estimate."
+    )
+    keep_prompts: bool = Field(
+        False, description="Store the exact messages sent with every proposal (audits; much larger output)."
     )
     ray_address: str | None = Field(
         None, description="Ray cluster address; null: RAY_ADDRESS or a local Ray."
@@ -149,8 +152,8 @@ def _stage(ds, pool: EnginePool, *, turn: int, layer: int, final: bool, keep_pro
 
     name = pool.cfg.display_name
     return ds.map_batches(
-        engine_stage,
-        fn_kwargs={
+        EngineStage,
+        fn_constructor_kwargs={
             "actors": pool.actors,
             "build": partial(moa.build_messages, turn=turn, layer=layer, model=name),
             "apply": partial(
@@ -163,8 +166,8 @@ def _stage(ds, pool: EnginePool, *, turn: int, layer: int, final: bool, keep_pro
             ),
         },
         batch_size=pool.cfg.batch_size,
-        # Two batches in flight per engine: one generating, one queued, so an engine never waits.
-        compute=ray.data.TaskPoolStrategy(size=2 * pool.cfg.replicas),
+        # Up to two callers per engine: one batch generating, one queued, so an engine never waits.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2 * pool.cfg.replicas),
         num_cpus=LIGHT_CPUS,
     )
 

@@ -1,0 +1,100 @@
+"""The config system: YAML + dotted overrides, unknown keys refused, every shipped YAML loads."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moaa.config import ConfigError, load_config
+from moaa.generate import GenerateSFTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(ROOT.glob("configs/*/*.yaml"))
+
+
+def test_there_are_shipped_configs_for_every_job_folder():
+    assert {p.parent.name for p in SHIPPED} >= {"prepare", "generate_sft"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_yaml_loads_with_its_jobs_config(path: Path):
+    # configs/<job>/<name>.yaml belongs to jobs/<job>.py, whose CONFIG_CLASS reads it
+    job = importlib.import_module(f"jobs.{path.parent.name}")
+    cfg = load_config(job.CONFIG_CLASS, path)
+    assert isinstance(cfg, job.CONFIG_CLASS)
+
+
+def test_tiny_yaml_is_the_embedded_default():
+    assert load_config(GenerateSFTConfig, ROOT / "configs/generate_sft/tiny.yaml") == GenerateSFTConfig()
+
+
+def test_paper_yaml_holds_the_paper_setup():
+    cfg = load_config(GenerateSFTConfig, ROOT / "configs/generate_sft/paper.yaml")
+    assert [m.display_name for m in cfg.proposers] == [
+        "WizardLM-2-8x22B",
+        "gemma-2-27b-it",
+        "Qwen2-72B-Instruct",
+        "Llama-3.1-70B-Instruct",
+    ]
+    assert cfg.aggregator.display_name == "Qwen1.5-110B-Chat"
+    assert cfg.layers == 2
+    assert all(
+        m.sampling.temperature == 0.7 and m.sampling.max_tokens == 2048
+        for m in [*cfg.proposers, cfg.aggregator]
+    )
+
+
+def test_dotted_overrides_reach_list_items_of_the_defaults():
+    cfg = load_config(
+        GenerateSFTConfig, None, ["proposers.1.sampling.temperature=0.1", "layers=3", "run_id=x"]
+    )
+    assert cfg.proposers[1].sampling.temperature == 0.1
+    assert cfg.proposers[0].sampling.temperature == 0.7
+    assert cfg.layers == 3 and cfg.run_id == "x"
+
+
+def test_overrides_apply_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_id: from_file\nlayers: 3\n")
+    cfg = load_config(GenerateSFTConfig, path, ["layers=2"])
+    assert (cfg.run_id, cfg.layers) == ("from_file", 2)
+
+
+def test_unknown_key_names_the_key_and_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(GenerateSFTConfig, None, ["aggregator.sampling.temprature=0.3"])
+    msg = str(e.value)
+    assert "unknown key 'aggregator.sampling.temprature'" in msg and "temperature" in msg
+    path = tmp_path / "bad.yaml"
+    path.write_text("proposer: []\n")
+    with pytest.raises(ConfigError, match="unknown key 'proposer'.*proposers"):
+        load_config(GenerateSFTConfig, path)
+
+
+def test_bad_values_and_bad_overrides_are_refused():
+    with pytest.raises(ConfigError, match="layers"):
+        load_config(GenerateSFTConfig, None, ["layers=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(GenerateSFTConfig, None, ["layers"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(GenerateSFTConfig, None, ["proposers.7.name=x"])
+    with pytest.raises(ConfigError, match="distinct names"):
+        load_config(GenerateSFTConfig, None, ["proposers.1.name=tiny-qwen2-a"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(GenerateSFTConfig, "no/such.yaml")
+
+
+def test_cli_rejects_unknown_keys_with_exit_code_2_and_lists_keys_on_help():
+    bad = subprocess.run(
+        [sys.executable, "-m", "jobs.generate_sft", "proposers.0.temprature=1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "unknown key 'proposers.0.temprature'" in bad.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "generate-sft", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert helped.returncode == 0 and "aggregator.sampling.temperature (float, 0.7)" in helped.stdout

@@ -1,0 +1,269 @@
+"""generate_sft on the real engine: real Ray Data, real vLLM (CPU build), tiny local models.
+
+One run is killed mid-way (after turn 1 of a multi-turn shard) and resumed; its output is then checked
+end to end. A 3-layer run checks that middle layers see the previous layer's answers."""
+
+import json
+import os
+import posixpath
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from moaa import generate, moa, schemas, storage
+from moaa.config import load_config
+from moaa.generate import GenerateSFTConfig
+from moaa.prompts import AGGREGATE_AND_SYNTHESIZE
+from moaa.runs import ResumeError
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+SINGLE = [f"Name {i} fruits that are red." for i in range(1, 7)]
+CHATS = {
+    "chat2": ["What is a prime number?", "Is 91 one of them?"],
+    "chat3": ["Suggest a name for a cat.", "Something shorter?", "And for a dog?"],
+}
+LONG = "Please summarize this text. " + "lorem ipsum dolor sit amet " * 120  # > 2048 byte tokens
+
+
+def _row(pid, turns, originals=True):
+    msgs = []
+    for u in turns:
+        msgs.append({"role": "user", "content": u})
+        if originals:
+            msgs.append({"role": "assistant", "content": f"ORIGINAL ANSWER to {u}"})
+    return {"prompt_id": pid, "source": "test", "messages": msgs, "n_turns": len(turns)}
+
+
+@pytest.fixture(scope="module")
+def prompts_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("prompts")
+    single = [_row(f"single{i}", [q], originals=False) for i, q in enumerate(SINGLE)]
+    storage.write_parquet(schemas.to_table(single, "prompts"), str(d / "part-00000.parquet"))
+    multi = [_row(k, v) for k, v in CHATS.items()] + [_row("long", [LONG], originals=False)]
+    storage.write_parquet(schemas.to_table(multi, "prompts"), str(d / "part-00001.parquet"))
+    return d
+
+
+def _overrides(tiny_models: Path, prompts_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"proposers.0.model={tiny_models}/tiny-qwen2-a",
+        f"proposers.1.model={tiny_models}/tiny-llama-b",
+        f"aggregator.model={tiny_models}/tiny-qwen2-c",
+        f"input_dir={prompts_dir}",
+        f"output_dir={out}",
+        "keep_prompts=true",
+        "run_id=test",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
+    """Start the job as a user would, kill it once turn 1 of the multi-turn shard is saved, rerun."""
+    out = tmp_path_factory.mktemp("gen") / "out"
+    args = _overrides(tiny_models, prompts_dir, out)
+    marker = out / "work" / "turn-1" / "part-00001.parquet"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.generate_sft", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 400
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
+    proc.wait()
+    assert marker.exists(), "the first run never finished turn 1"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "running" and list(manifest["shards"]) == ["part-00000.parquet"]
+    first_shard_mtime = (out / "data" / "part-00000.parquet").stat().st_mtime_ns
+
+    cfg = load_config(GenerateSFTConfig, None, args)
+    summary = generate.run(cfg)
+    return {"out": out, "summary": summary, "cfg": cfg, "first_shard_mtime": first_shard_mtime}
+
+
+def _rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "data").to_pylist()
+
+
+def test_resume_after_kill_skips_finished_shards_and_loses_nothing(killed_then_resumed):
+    out, summary = killed_then_resumed["out"], killed_then_resumed["summary"]
+    assert summary["shards_skipped"] == 1 and summary["shards_this_run"] == 1
+    assert (out / "data" / "part-00000.parquet").stat().st_mtime_ns == killed_then_resumed[
+        "first_shard_mtime"
+    ]
+    ids = [r["prompt_id"] for r in _rows(out)]
+    assert sorted(ids) == sorted([f"single{i}" for i in range(6)] + ["chat2", "chat3", "long"])
+    assert not (out / "work").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["resumed"] == 1
+
+
+def test_every_row_has_the_moa_answer_and_every_proposal(killed_then_resumed):
+    for row in _rows(killed_then_resumed["out"]):
+        if row["error"]:
+            continue
+        n = row["n_turns"]
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * n
+        assert len(row["proposals"]) == 3 * n
+        for turn in range(1, n + 1):
+            props = [p for p in row["proposals"] if p["turn"] == turn]
+            assert [(p["layer"], p["model"]) for p in props] == [
+                (1, "tiny-qwen2-a"),
+                (1, "tiny-llama-b"),
+                (2, "tiny-qwen2-c"),
+            ]
+            # the turn's assistant message is the aggregator's answer
+            assert row["messages"][2 * turn - 1]["content"] == props[2]["content"]
+            for p in props:
+                assert p["completion_tokens"] > 0 and p["prompt_tokens"] > 0
+                assert p["finish_reason"] in {"stop", "length"}
+        assert row["aggregator_model"] == "tiny-qwen2-c" and row["run_id"] == "test"
+
+
+def test_every_aggregator_prompt_holds_every_proposal_text(killed_then_resumed):
+    checked = 0
+    for row in _rows(killed_then_resumed["out"]):
+        for turn in range(1, row["n_turns"] + 1):
+            props = [p for p in row["proposals"] if p["turn"] == turn]
+            if len(props) < 3:
+                continue
+            system = props[2]["prompt"][0]
+            assert system["role"] == "system" and system["content"].startswith(AGGREGATE_AND_SYNTHESIZE)
+            for i, p in enumerate(props[:2]):
+                assert f"\n{i + 1}. {p['content']}" in system["content"]
+            assert props[2]["prompt"][1:] == props[0]["prompt"]  # then the conversation itself
+            checked += 1
+    assert checked == 6 + 2 + 3
+
+
+def test_turn_two_prompts_carry_turn_one_aggregated_answer(killed_then_resumed):
+    rows = {r["prompt_id"]: r for r in _rows(killed_then_resumed["out"])}
+    row = rows["chat3"]
+    answers = {p["turn"]: p["content"] for p in row["proposals"] if p["layer"] == 2}
+    for p in row["proposals"]:
+        convo = [m for m in p["prompt"] if m["role"] != "system"]
+        expected = []
+        for t in range(1, p["turn"]):
+            expected += [
+                {"role": "user", "content": CHATS["chat3"][t - 1]},
+                {"role": "assistant", "content": answers[t]},
+            ]
+        expected.append({"role": "user", "content": CHATS["chat3"][p["turn"] - 1]})
+        assert convo == expected
+        assert all("ORIGINAL ANSWER" not in m["content"] for m in p["prompt"])
+
+
+def test_over_long_prompt_is_kept_with_its_error(killed_then_resumed):
+    rows = {r["prompt_id"]: r for r in _rows(killed_then_resumed["out"])}
+    long = rows["long"]
+    assert long["error"].startswith("prompt too long:") and "2048" in long["error"]
+    assert long["error_stage"] == "turn1/layer1/tiny-qwen2-a"
+    assert long["proposals"] == [] and long["messages"] == []
+    assert killed_then_resumed["summary"]["errors"] == 1
+
+
+def test_summary_accounts_tokens_per_model_and_stage(killed_then_resumed):
+    out, summary = killed_then_resumed["out"], killed_then_resumed["summary"]
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert set(summary["tokens"]) == {
+        "propose/tiny-qwen2-a",
+        "propose/tiny-llama-b",
+        "aggregate/tiny-qwen2-c",
+    }
+    rows = [r for r in _rows(out)]
+    agg_completion = sum(p["completion_tokens"] for r in rows for p in r["proposals"] if p["layer"] == 2)
+    assert summary["tokens"]["aggregate/tiny-qwen2-c"]["completion_tokens"] == agg_completion
+    assert summary["tokens"]["aggregate/tiny-qwen2-c"]["calls"] == 6 + 2 + 3
+    assert summary["rows"] == 9 and summary["completion_tokens_per_s"] > 0 and summary["wall_s"] > 0
+
+
+def test_output_reads_in_datasets_duckdb_and_pandas(killed_then_resumed):
+    import datasets
+    import duckdb
+    import pandas as pd
+
+    data = str(killed_then_resumed["out"] / "data")
+    ds = datasets.load_dataset("parquet", data_files=f"{data}/*.parquet", split="train")
+    assert len(ds) == 9 and set(ds[0]["messages"][0]) == {"role", "content"}
+    ok = ds.filter(lambda r: r["error"] is None)
+    assert len(ok) == 8 and ok[0]["messages"][-1]["role"] == "assistant"
+    n = duckdb.sql(f"select count(*) from read_parquet('{data}/*.parquet') where error is null").fetchall()[
+        0
+    ][0]
+    assert n == 8
+    df = pd.read_parquet(data)
+    assert df["n_turns"].sum() == 6 + 2 + 3 + 1
+
+
+def test_a_rerun_is_a_no_op_and_other_settings_are_refused(killed_then_resumed):
+    cfg = killed_then_resumed["cfg"]
+    again = generate.run(cfg)
+    assert again["shards_this_run"] == 0 and again["rows"] == 9
+    other = cfg.model_copy(update={"layers": 3})
+    with pytest.raises(ResumeError, match="config hash"):
+        generate.run(other)
+
+
+def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models, prompts_dir, ray_local):
+    one_shard = tmp_path / "prompts"
+    one_shard.mkdir()
+    table = pq.read_table(prompts_dir / "part-00001.parquet").slice(0, 1)  # chat2: two turns
+    pq.write_table(table, one_shard / "part-00000.parquet")
+    cfg = load_config(
+        GenerateSFTConfig, None, _overrides(tiny_models, one_shard, tmp_path / "out", "layers=3")
+    )
+    summary = generate.run(cfg)
+    assert summary["rows"] == 1 and summary["errors"] == 0
+    (row,) = _rows(tmp_path / "out")
+    for turn in (1, 2):
+        props = [p for p in row["proposals"] if p["turn"] == turn]
+        assert [(p["layer"], p["model"]) for p in props] == [
+            (1, "tiny-qwen2-a"),
+            (1, "tiny-llama-b"),
+            (2, "tiny-qwen2-a"),
+            (2, "tiny-llama-b"),
+            (3, "tiny-qwen2-c"),
+        ]
+        assert props[0]["prompt"][0]["role"] == "user" or turn == 2  # layer 1: no references
+        for later, earlier in ((props[2], props[:2]), (props[3], props[:2]), (props[4], props[2:4])):
+            refs = later["prompt"][0]["content"]
+            assert refs == moa.inject_references([], [e["content"] for e in earlier])[0]["content"]
+    assert row["messages"][-1]["content"] == row["proposals"][-1]["content"]
+
+
+def test_missing_prompts_give_a_clear_error(tmp_path):
+    cfg = GenerateSFTConfig(input_dir=str(tmp_path / "nothing"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="run `python -m jobs.prepare` first"):
+        generate.run(cfg)
+
+
+def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
+    import pyarrow as pa
+
+    d = tmp_path / "p"
+    d.mkdir()
+    pq.write_table(pa.table({"prompt": ["hi"]}), d / "part-00000.parquet")
+    cfg = GenerateSFTConfig(input_dir=str(d), output_dir=str(tmp_path / "out"))
+    with pytest.raises(schemas.SchemaError, match=r"part-00000.parquet: missing column"):
+        generate.run(cfg)
+    assert posixpath.basename(str(d)) == "p"
