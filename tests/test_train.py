@@ -24,7 +24,6 @@ from jobs import train_dpo, train_sft
 from moaa import schemas, storage
 from moaa.config import ConfigError, load_config
 from moaa.schemas import SchemaError
-from moaa.tiny import make_tiny_models
 from moaa.train import DataError, TrainDPOConfig, TrainSFTConfig, scaling_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,13 +67,6 @@ def preference_rows(n: int) -> list[dict]:
         )
         for i in range(n)
     ]
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models")
-    make_tiny_models(out)
-    return out
 
 
 @pytest.fixture(scope="module")
