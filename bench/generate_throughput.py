@@ -1,0 +1,221 @@
+"""generate_sft throughput and scale, measured side by side in one run.
+
+    .venv/bin/python bench/generate_throughput.py            # both parts
+    .venv/bin/python bench/generate_throughput.py --part throughput --prompts 256
+    .venv/bin/python bench/generate_throughput.py --part scale --rows 1000 20000
+
+Part 1 (throughput): completion tokens/s of the Ray Data MoA pipeline (2 proposers + aggregator, tiny
+models, vLLM CPU build) vs. the same three engines called back to back in one plain Python process without
+Ray, on the same prompts with the same sampling; engine start-up is excluded on both sides. Target: >= 0.8.
+
+Part 2 (scale): the whole generate_sft job with the engines replaced by an instant stub, at each row count
+(each in a fresh process): per-row overhead and the driver's peak memory. Target: peak at 20k within 1.3x
+of 1k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from moaa import generate, moa, schemas, storage  # noqa: E402
+from moaa.config import load_config  # noqa: E402
+from moaa.engine import Completion  # noqa: E402
+from moaa.generate import GenerateSFTConfig  # noqa: E402
+from moaa.tiny import ensure_tiny_models  # noqa: E402
+
+
+def write_prompts(out: Path, n: int, rows_per_shard: int) -> None:
+    rows = [
+        {
+            "prompt_id": f"bench-{i:06d}",
+            "source": "bench",
+            "messages": [{"role": "user", "content": f"Question {i}: name three uses of item {i % 97}."}],
+            "n_turns": 1,
+        }
+        for i in range(n)
+    ]
+    for s in range(0, n, rows_per_shard):
+        table = schemas.to_table(rows[s : s + rows_per_shard], "prompts")
+        storage.write_parquet(table, str(out / f"part-{s // rows_per_shard:05d}.parquet"))
+
+
+def bench_config(prompts: Path, out: Path, *extra: str) -> GenerateSFTConfig:
+    return load_config(
+        GenerateSFTConfig,
+        ROOT / "configs/generate_sft/tiny.yaml",
+        [f"input_dir={prompts}", f"output_dir={out}", "run_id=bench", *extra],
+    )
+
+
+# ------------------------------------------------------------------------------------------ throughput
+
+
+def plain_tokens_per_s(cfg: GenerateSFTConfig, prompts: Path) -> tuple[float, int]:
+    """The same engines back to back in this process: proposers over all prompts, then the aggregator."""
+    from moaa.engine import VLLMEngine
+
+    rows = [r for f in sorted(prompts.glob("*.parquet")) for r in storage.read_parquet(str(f)).to_pylist()]
+    states = [moa.init_state(r, "bench") for r in rows]
+    engines = {m.display_name: VLLMEngine(m) for m in [*cfg.proposers, cfg.aggregator]}  # start-up: not timed
+    t0 = time.perf_counter()
+    tokens = 0
+    stages = [(m, 1, False) for m in cfg.proposers] + [(cfg.aggregator, 2, True)]
+    for model, layer, final in stages:
+        name = model.display_name
+        convs = [moa.build_messages(s, turn=1, layer=layer, model=name) for s in states]
+        for state, conv, c in zip(states, convs, engines[name].chat(convs)):
+            moa.apply_completion(state, c, conv, turn=1, layer=layer, model=name, final=final)
+            tokens += sum(c.completion_tokens)
+    return tokens / (time.perf_counter() - t0), tokens
+
+
+def ray_tokens_per_s(cfg: GenerateSFTConfig, prompts: Path) -> tuple[float, int]:
+    """The Ray Data pipeline of generate_sft, timed from engines ready to the last row back."""
+    generate._init_ray(None)
+    pools = generate.start_pools(cfg)  # start-up: not timed
+    try:
+        paths = [str(p) for p in sorted(prompts.glob("*.parquet"))]
+        t0 = time.perf_counter()
+        ds = generate.build_turn_pipeline(generate._read(paths, 1), cfg, pools, 1)
+        tokens = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for s in batch["state"]:
+                tokens += sum(p["completion_tokens"] for p in json.loads(s)["proposals"])
+        return tokens / (time.perf_counter() - t0), tokens
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+
+
+def throughput(n_prompts: int, max_tokens: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts"
+        write_prompts(prompts, n_prompts, rows_per_shard=max(1, n_prompts // 8))
+        extra = [
+            f"{k}.sampling.max_tokens={max_tokens}" for k in ("proposers.0", "proposers.1", "aggregator")
+        ]
+        extra += [f"{k}.batch_size=64" for k in ("proposers.0", "proposers.1", "aggregator")]
+        cfg = bench_config(prompts, Path(tmp) / "out", *extra)
+        ensure_tiny_models([m.model for m in [*cfg.proposers, cfg.aggregator]])
+        ray_tps, ray_tokens = ray_tokens_per_s(cfg, prompts)
+        plain_tps, plain_tokens = plain_tokens_per_s(cfg, prompts)
+    print(f"throughput: {n_prompts} prompts x 3 engines, max_tokens {max_tokens}, engine start-up excluded")
+    print(f"  plain process, engines back to back: {plain_tps:8.1f} completion tok/s ({plain_tokens} tokens)")
+    print(f"  Ray Data MoA pipeline:               {ray_tps:8.1f} completion tok/s ({ray_tokens} tokens)")
+    print(f"  ratio ray/plain = {ray_tps / plain_tps:.2f} (target >= 0.8)")
+
+
+# ------------------------------------------------------------------------------------------------ scale
+
+
+class StubPool:
+    """Stands in for ``EnginePool``: one Ray actor answering every conversation at once with a fixed text."""
+
+    def __init__(self, cfg):
+        import ray
+
+        @ray.remote(num_cpus=0.1)
+        class Stub:
+            def ready(self) -> int:
+                return 1
+
+            def chat(self, conversations, sampling=None, n=1, structured=None):
+                return [
+                    Completion(
+                        texts=["stub answer"],
+                        prompt_tokens=10,
+                        completion_tokens=[2],
+                        finish_reasons=["stop"],
+                    )
+                    for _ in conversations
+                ]
+
+        self.cfg = cfg
+        self.actors = [Stub.remote()]
+
+    def wait_ready(self) -> None:
+        import ray
+
+        ray.get([a.ready.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        pass
+
+
+def scale_one(rows: int) -> dict:
+    """One job run with stub engines (in this fresh process); returns wall time and peak driver RSS."""
+    generate.EnginePool = StubPool
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts"
+        write_prompts(prompts, rows, rows_per_shard=1000)
+        cfg = bench_config(
+            prompts,
+            Path(tmp) / "out",
+            *[f"{k}.batch_size=256" for k in ("proposers.0", "proposers.1", "aggregator")],
+        )
+        t0 = time.perf_counter()
+        summary = generate.run(cfg)
+        wall = time.perf_counter() - t0
+    assert summary["rows"] == rows, summary
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rows": rows, "wall_s": wall, "per_row_ms": 1000 * wall / rows, "peak_rss_mb": peak_mb}
+
+
+def scale(sizes: list[int]) -> None:
+    results = []
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--scale-one", str(n)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"scale run at {n} rows failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print("scale: whole generate_sft job, engines replaced by an instant stub, fresh process per size")
+    for r in results:
+        print(
+            f"  {r['rows']:>7} rows: {r['wall_s']:7.1f} s, {r['per_row_ms']:6.2f} ms/row, "
+            f"driver peak RSS {r['peak_rss_mb']:7.0f} MB"
+        )
+    first, last = results[0], results[-1]
+    mem_ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
+    print(
+        f"  peak memory ratio {last['rows']}/{first['rows']} rows = {mem_ratio:.2f} (target <= 1.3); "
+        f"per-row overhead ratio = {last['per_row_ms'] / first['per_row_ms']:.2f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["throughput", "scale", "all"], default="all")
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1000, 20000])
+    ap.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.scale_one:
+        print(json.dumps(scale_one(args.scale_one)))
+        return
+    if args.part in ("throughput", "all"):
+        throughput(args.prompts, args.max_tokens)
+    if args.part in ("scale", "all"):
+        scale(args.rows)
+
+
+if __name__ == "__main__":
+    main()
