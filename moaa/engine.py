@@ -229,7 +229,11 @@ class EngineStage:
     """A Ray Data ``map_batches`` callable class that feeds one engine pool: rows carry a JSON ``state``
     column; ``build(state)`` gives the conversation to send (None passes the row through untouched), an
     engine of the pool answers the whole batch in one vLLM call, and
-    ``apply(state, completion, conversation)`` writes each answer back.
+    ``apply(state, completion, conversation)`` writes each answer back. With ``multi=True`` ``build``
+    returns a list of conversations for the row (e.g. every candidate pair a judge compares; empty: nothing
+    to send) and ``apply(state, completions, conversations)`` gets them all back in order: all rows' lists
+    go to the engine in the same single call, so one prompt's conversations share a batch (and a prefix
+    cache). ``sampling`` overrides the pool model's own (one engine serves calls of different lengths).
 
     A (light) actor class rather than a function because Ray Data fuses consecutive task stages into
     one task, which would run proposer after proposer on the same batch and leave engines idle; stages
@@ -243,8 +247,11 @@ class EngineStage:
         apply: Callable[[dict, Completion, list[dict[str, str]]], None],
         n: int = 1,
         structured: dict[str, Any] | None = None,
+        multi: bool = False,
+        sampling: SamplingConfig | None = None,
     ):
         self.actors, self.build, self.apply, self.n, self.structured = actors, build, apply, n, structured
+        self.multi, self.sampling = multi, sampling
         self.next = random.randrange(len(actors))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -252,12 +259,22 @@ class EngineStage:
 
         states = [json.loads(s) for s in batch["state"]]
         todo = [(s, conv) for s in states if (conv := self.build(s)) is not None]
+        if self.multi:
+            todo = [(s, convs) for s, convs in todo if convs]
         if todo:
             actor = self.actors[self.next % len(self.actors)]
             self.next += 1
-            convs = [c for _, c in todo]
-            completions = ray.get(actor.chat.remote(convs, n=self.n, structured=self.structured))
-            for (state, conv), completion in zip(todo, completions):
-                self.apply(state, completion, conv)
+            convs = [c for _, row in todo for c in (row if self.multi else [row])]
+            completions = ray.get(
+                actor.chat.remote(convs, sampling=self.sampling, n=self.n, structured=self.structured)
+            )
+            start = 0
+            for state, row in todo:
+                if self.multi:
+                    self.apply(state, completions[start : start + len(row)], row)
+                    start += len(row)
+                else:
+                    self.apply(state, completions[start], row)
+                    start += 1
         states_json = [json.dumps(s, ensure_ascii=False) for s in states]
         return {"shard": batch["shard"], "state": np.array(states_json, dtype=object)}

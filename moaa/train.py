@@ -31,7 +31,7 @@ from moaa.tiny import TINY_MODELS, make_tiny_models
 TINY_MODEL = "models/tiny/tiny-qwen2-a"
 SFT_DATA_STAGE = "generate_sft"
 # The preference (MoA-judge) job that will write schemas/preference.json data under this stage name.
-PREFERENCE_DATA_STAGE = "generate_preference"
+PREFERENCE_DATA_STAGE = "generate_dpo"
 MODEL_DIR = "model"
 # Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
 # `datasets` hashes TRL's map functions (pages of bytecode in the console); progress bars of weight loading

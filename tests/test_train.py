@@ -78,7 +78,7 @@ def runs_dir(tmp_path_factory) -> Path:
     pref = schemas.to_table(preference_rows(16), "preference")
     # A later judge job adds columns; training must read its four and ignore the rest.
     pref = pref.append_column("judge_score", pref.column("prompt_id").cast("string"))
-    storage.write_parquet(pref, str(root / "demo/generate_preference/data/part-00000.parquet"))
+    storage.write_parquet(pref, str(root / "demo/generate_dpo/data/part-00000.parquet"))
     return root
 
 

@@ -1,0 +1,419 @@
+"""Judging row functions: pure functions over one row's state, no engine, no Ray (like ``moaa.moa``).
+
+A row's state (one JSON string between Ray Data stages)::
+
+    prompt_id, source, shard     from the prompts schema (or the labeled file, for judge_eval)
+    prompt                       the conversation up to the answer (TRL conversational messages)
+    candidates                   answer texts; candidate_meta: {finish_reason, completion_tokens} each
+    criteria                     {judge: {criteria: [...], raw}}: the criteria each judge picked
+    judgments                    every judge and aggregator call: {judge, role, a, b, raw, verdict,
+                                 prompt_tokens, completion_tokens}; (a, b) = candidate indexes shown as
+                                 A and B; verdict 'A' | 'B' | 'tie' | None (unparsed)
+    tokens                       {"<role>/<model>": {prompt_tokens, completion_tokens, calls}}
+    error, error_stage           set by the first stage that failed; later stages skip the row
+
+Modes: ``moa`` (judges evaluate, an aggregator judge decides each ordered pair), ``jury`` (the judges'
+verdicts are pooled by majority or mean, PoLL) and ``single`` (the first judge alone). Every ordered pair
+(i, j), i != j, is judged once with i as A and once with i as B; a candidate's score is its share of wins
+over all its comparisons (tie = half a win).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+from typing import Any
+
+from moaa.engine import Completion
+from moaa.prompts import (
+    AGGREGATE_JUDGMENTS,
+    AGGREGATE_JUDGMENTS_USER,
+    JUDGE_PAIR,
+    JUDGE_SYSTEM,
+    SELECT_CRITERIA,
+)
+
+Messages = list[dict[str, str]]
+Pair = tuple[int, int]
+VERDICTS = ("A", "B", "tie")
+VALUE = {"A": 1.0, "B": 0.0, "tie": 0.5}  # what a verdict is worth to the candidate shown as A
+MIRROR = {"A": "B", "B": "A", "tie": "tie"}
+MODES = ("moa", "jury", "single")
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def criteria_choices(criteria: list[str] | tuple[str, ...], k: int) -> list[str]:
+    """Every answer the criteria step may give: each k-subset of ``criteria`` as "a, b, c", in list
+    order. Used as a vLLM ``choice`` constraint: k distinct criteria, always parseable."""
+    return [", ".join(c) for c in itertools.combinations(criteria, k)]
+
+
+def parse_criteria(text: str, criteria: list[str] | tuple[str, ...], k: int) -> list[str]:
+    """The known criteria named in ``text`` (first k, no repeats, in the order written). Tolerant of
+    case, spacing, numbering and other separators so that unconstrained output parses too."""
+    found: list[tuple[int, str]] = []
+    low = text.lower()
+    for c in criteria:
+        m = re.search(r"\b" + re.escape(c.lower()).replace(r"\ ", r"[\s_-]+") + r"\b", low)
+        if m:
+            found.append((m.start(), c))
+    return [c for _, c in sorted(found)][:k]
+
+
+def pair_regex(max_chars: int) -> str:
+    """The judge's output format: a one-line evaluation of at most ``max_chars`` characters, then the
+    verdict. Bounded so that generation always reaches the verdict within ``pair_max_tokens``."""
+    return r"Evaluation: [^\n]{0," + str(max_chars) + r"}\nVerdict: (A|B|tie)"
+
+
+def pair_max_tokens(max_chars: int) -> int:
+    # A character is at most 4 tokens (a byte-level tokenizer on 4-byte UTF-8), plus the fixed text.
+    return 4 * max_chars + 32
+
+
+_VERDICT_PATTERNS = [
+    re.compile(r"verdict\s*[:=]?\s*\**\s*\[*\s*(A|B|tie|C)\b", re.I),  # ours; MT-Bench's [[C]] is a tie
+    re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.I),
+    re.compile(r"^\s*(A|B|tie)\s*\.?\s*$", re.I),  # the bare choice (aggregator)
+    re.compile(r"\b(?:assistant|response|output)\s*\(?(A|B)\)?\s+is\s+(?:better|preferred)", re.I),
+]
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B', 'tie' or None. The last verdict a text states wins (models sometimes restate)."""
+    for pattern in _VERDICT_PATTERNS:
+        hits = pattern.findall(text or "")
+        if hits:
+            v = hits[-1].strip().lower()
+            return "tie" if v in ("tie", "c") else v.upper()
+    return None
+
+
+def question_text(prompt: Messages) -> str:
+    """What the judges see as the question: the last user message, after the system prompt if any."""
+    user = [m["content"] for m in prompt if m["role"] == "user"][-1]
+    system = [m["content"] for m in prompt if m["role"] == "system"]
+    return f"(System prompt: {system[0]})\n{user}" if system else user
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def ordered_pairs(candidates: list[str]) -> list[Pair]:
+    """The ordered pairs to judge: (i, j) and (j, i) for every two candidates with different texts.
+    Identical texts are a tie by definition and cost nothing."""
+    n = len(candidates)
+    return [(i, j) for i in range(n) for j in range(n) if i != j and candidates[i] != candidates[j]]
+
+
+def combine(verdicts: list[str | None], vote: str) -> tuple[str, float]:
+    """A jury's verdict from its judges' (unparsed ones abstain): ``majority`` = the most frequent
+    verdict if it is the only most frequent one, else tie; ``mean`` = the mean value (A=1, tie=.5, B=0),
+    kept as a fraction for scoring."""
+    valid = [v for v in verdicts if v in VALUE]
+    if not valid:
+        return "tie", 0.5
+    if vote == "mean":
+        value = sum(VALUE[v] for v in valid) / len(valid)
+        return ("A" if value > 0.5 else "B" if value < 0.5 else "tie"), value
+    counts = Counter(valid).most_common()
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return "tie", 0.5
+    return counts[0][0], VALUE[counts[0][0]]
+
+
+def final_verdicts(
+    judgments: list[dict[str, Any]], mode: str, judges: list[str], vote: str = "majority"
+) -> dict[Pair, tuple[str, float]]:
+    """The deciding verdict (label, value for A) of every judged ordered pair: the aggregator's in
+    ``moa``, the pooled judges' in ``jury``, the first judge's in ``single``. An unparsed decisive
+    verdict counts as a tie."""
+    by_pair: dict[Pair, list[dict[str, Any]]] = {}
+    for j in judgments:
+        by_pair.setdefault((j["a"], j["b"]), []).append(j)
+    out: dict[Pair, tuple[str, float]] = {}
+    for pair, js in by_pair.items():
+        if mode == "moa":
+            vs = [j["verdict"] for j in js if j["role"] == "aggregator"]
+        elif mode == "single":
+            vs = [j["verdict"] for j in js if j["role"] == "judge" and j["judge"] == judges[0]]
+        elif mode == "jury":
+            out[pair] = combine([j["verdict"] for j in js if j["role"] == "judge"], vote)
+            continue
+        else:
+            raise ValueError(f"unknown judge mode {mode!r}; one of {MODES}")
+        if vs:
+            v = vs[-1] if vs[-1] in VALUE else "tie"
+            out[pair] = (v, VALUE[v])
+    return out
+
+
+def scores(candidates: list[str], finals: dict[Pair, tuple[str, float]]) -> list[float]:
+    """Each candidate's share of wins over its 2(n-1) comparisons (both orders of every pair; tie or
+    identical texts = half a win; a pair without a verdict counts as a tie)."""
+    n = len(candidates)
+    if n < 2:
+        return [0.5] * n
+    wins = [0.0] * n
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            value = finals.get((i, j), ("tie", 0.5))[1]
+            wins[i] += value
+            wins[j] += 1.0 - value
+    return [w / (2 * (n - 1)) for w in wins]
+
+
+def select(candidates: list[str], score: list[float]) -> tuple[int | None, int | None, str]:
+    """(chosen, rejected, status): chosen has the highest score, rejected the lowest among the texts that
+    differ from chosen's (first index on equal scores). status 'identical' when all texts are the same,
+    'tie' when no different text scores lower than chosen, else 'pair'."""
+    if len(set(candidates)) < 2:
+        return None, None, "identical"
+    chosen = max(range(len(candidates)), key=lambda i: (score[i], -i))
+    others = [i for i in range(len(candidates)) if candidates[i] != candidates[chosen]]
+    rejected = min(others, key=lambda i: (score[i], i))
+    if score[rejected] >= score[chosen]:
+        return None, None, "tie"
+    return chosen, rejected, "pair"
+
+
+def position_stats(verdicts: dict[Pair, str | None]) -> dict[str, int]:
+    """Position bias over the unordered pairs judged in both orders: ``consistent`` = the verdict mirrors
+    when the order flips (A<->B, tie stays); ``flips`` = the same position wins both times (the verdict
+    follows the position, not the answer)."""
+    pairs = consistent = flips = 0
+    for (a, b), v in verdicts.items():
+        if a > b or (b, a) not in verdicts:
+            continue
+        w = verdicts[(b, a)]
+        pairs += 1
+        consistent += v is not None and w is not None and v == MIRROR[w]
+        flips += v is not None and v == w and v in ("A", "B")
+    return {"pairs": pairs, "consistent": consistent, "flips": flips}
+
+
+# ------------------------------------------------------------------------------------ stages over states
+
+
+def init_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
+    """State of a prompts-schema row (or of a labeled row that brings ``candidates``)."""
+    return {
+        "prompt_id": row["prompt_id"],
+        "source": row.get("source"),
+        "shard": shard,
+        "prompt": row["messages"],
+        "candidates": list(row.get("candidates") or []),
+        "candidate_meta": [{"finish_reason": None, "completion_tokens": None}]
+        * len(row.get("candidates") or []),
+        "criteria": {},
+        "judgments": [],
+        "tokens": {},
+        "error": None,
+        "error_stage": None,
+    }
+
+
+def _count(state: dict[str, Any], key: str, c: Completion) -> None:
+    t = state["tokens"].setdefault(key, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+    t["prompt_tokens"] += c.prompt_tokens
+    t["completion_tokens"] += sum(c.completion_tokens)
+    t["calls"] += 1
+
+
+def _fail(state: dict[str, Any], c: Completion, stage: str) -> bool:
+    if c.error is None:
+        return False
+    state["error"], state["error_stage"] = c.error, stage
+    return True
+
+
+def build_policy(state: dict[str, Any]) -> Messages | None:
+    if state["error"] is not None or state["candidates"]:
+        return None
+    return state["prompt"]
+
+
+def apply_policy(state: dict[str, Any], c: Completion, messages: Messages, *, model: str) -> None:
+    """The n samples of one request become the candidates."""
+    if _fail(state, c, f"policy/{model}"):
+        return
+    _count(state, f"policy/{model}", c)
+    state["candidates"] = list(c.texts)
+    state["candidate_meta"] = [
+        {"finish_reason": f, "completion_tokens": t} for f, t in zip(c.finish_reasons, c.completion_tokens)
+    ]
+
+
+def _needs_judging(state: dict[str, Any]) -> bool:
+    return state["error"] is None and len(set(state["candidates"])) > 1
+
+
+def build_criteria(state: dict[str, Any], *, judge: str, criteria: list[str], k: int) -> Messages | None:
+    if not _needs_judging(state) or judge in state["criteria"]:
+        return None
+    text = SELECT_CRITERIA.format(criteria=", ".join(criteria), k=k, question=question_text(state["prompt"]))
+    return [{"role": "user", "content": text}]
+
+
+def apply_criteria(
+    state: dict[str, Any], c: Completion, messages: Messages, *, judge: str, criteria: list[str], k: int
+) -> None:
+    if _fail(state, c, f"criteria/{judge}"):
+        return
+    _count(state, f"criteria/{judge}", c)
+    state["criteria"][judge] = {"criteria": parse_criteria(c.text, criteria, k), "raw": c.text}
+
+
+def pair_messages(state: dict[str, Any], a: int, b: int, criteria: list[str]) -> Messages:
+    """Judge conversation for candidates a (shown as A) and b. System + question first: the same for
+    every pair of the prompt, so the engine's prefix cache reuses them."""
+    pair = JUDGE_PAIR.format(
+        question=question_text(state["prompt"]),
+        answer_a=state["candidates"][a],
+        answer_b=state["candidates"][b],
+    )
+    system = JUDGE_SYSTEM.format(criteria=", ".join(criteria) or "overall quality")
+    return [{"role": "system", "content": system}, {"role": "user", "content": pair}]
+
+
+def _judged(state: dict[str, Any], judge: str, role: str) -> bool:
+    return any(j["judge"] == judge and j["role"] == role for j in state["judgments"])
+
+
+def build_pairs(state: dict[str, Any], *, judge: str) -> list[Messages] | None:
+    """All ordered pairs of the row for one judge: sent together in one engine call."""
+    if not _needs_judging(state) or _judged(state, judge, "judge"):
+        return None
+    picked = state["criteria"].get(judge, {}).get("criteria", [])
+    return [pair_messages(state, a, b, picked) for a, b in ordered_pairs(state["candidates"])]
+
+
+def apply_pairs(state: dict[str, Any], cs: list[Completion], convs: list[Messages], *, judge: str) -> None:
+    for c in cs:
+        if _fail(state, c, f"judge/{judge}"):
+            return
+    for (a, b), c in zip(ordered_pairs(state["candidates"]), cs):
+        _count(state, f"judge/{judge}", c)
+        state["judgments"].append(_judgment(judge, "judge", a, b, c))
+
+
+def _judgment(judge: str, role: str, a: int, b: int, c: Completion) -> dict[str, Any]:
+    return {
+        "judge": judge,
+        "role": role,
+        "a": a,
+        "b": b,
+        "raw": c.text,
+        "verdict": parse_verdict(c.text),
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens[0],
+    }
+
+
+def aggregate_messages(state: dict[str, Any], a: int, b: int, judges: list[str]) -> Messages:
+    pair = JUDGE_PAIR.format(
+        question=question_text(state["prompt"]),
+        answer_a=state["candidates"][a],
+        answer_b=state["candidates"][b],
+    )
+    evaluations = []
+    for k, name in enumerate(judges, 1):
+        crit = ", ".join(state["criteria"].get(name, {}).get("criteria", [])) or "overall quality"
+        raw = next(
+            (
+                j["raw"]
+                for j in state["judgments"]
+                if (j["judge"], j["role"], j["a"], j["b"]) == (name, "judge", a, b)
+            ),
+            "",
+        )
+        evaluations.append(f"Judge {k} (criteria: {crit}):\n{raw}")
+    user = AGGREGATE_JUDGMENTS_USER.format(pair=pair, evaluations="\n\n".join(evaluations))
+    return [{"role": "system", "content": AGGREGATE_JUDGMENTS}, {"role": "user", "content": user}]
+
+
+def build_aggregate(state: dict[str, Any], *, aggregator: str, judges: list[str]) -> list[Messages] | None:
+    if not _needs_judging(state) or _judged(state, aggregator, "aggregator"):
+        return None
+    return [aggregate_messages(state, a, b, judges) for a, b in ordered_pairs(state["candidates"])]
+
+
+def apply_aggregate(
+    state: dict[str, Any], cs: list[Completion], convs: list[Messages], *, aggregator: str
+) -> None:
+    for c in cs:
+        if _fail(state, c, f"aggregate/{aggregator}"):
+            return
+    for (a, b), c in zip(ordered_pairs(state["candidates"]), cs):
+        _count(state, f"aggregate/{aggregator}", c)
+        state["judgments"].append(_judgment(aggregator, "aggregator", a, b, c))
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "majority") -> dict[str, Any]:
+    """Scores, chosen/rejected, status and position statistics of a judged row (schema ``preference``
+    columns, without provenance)."""
+    cands = state["candidates"]
+    finals = final_verdicts(state["judgments"], mode, judges, vote)
+    score = scores(cands, finals)
+    if state["error"] is not None:
+        chosen = rejected = None
+        status = "error"
+    else:
+        chosen, rejected, status = select(cands, score)
+    reason = {
+        "identical": "no pair: all candidates are identical",
+        "tie": "no pair: all candidates tie",
+    }.get(status)
+    judge_tokens = sum(
+        t["prompt_tokens"] + t["completion_tokens"]
+        for k, t in state["tokens"].items()
+        if not k.startswith("policy/")
+    )
+    pos = position_stats({p: v for p, (v, _) in finals.items()})
+    return {
+        "prompt_id": state["prompt_id"],
+        "source": state["source"],
+        "prompt": state["prompt"],
+        "chosen": [{"role": "assistant", "content": cands[chosen]}] if chosen is not None else [],
+        "rejected": [{"role": "assistant", "content": cands[rejected]}] if rejected is not None else [],
+        # Rows without a pair carry their reason in 'error' too, so that training (which skips error rows)
+        # never sees an empty or equal pair; 'status' tells a reason from a failure.
+        "error": state["error"] if state["error"] is not None else reason,
+        "error_stage": state["error_stage"],
+        "status": status,
+        "judge_mode": mode,
+        "candidates": [
+            {
+                "index": i,
+                "content": t,
+                "score": score[i],
+                **(state["candidate_meta"][i] if i < len(state["candidate_meta"]) else {}),
+            }
+            for i, t in enumerate(cands)
+        ],
+        "chosen_index": chosen,
+        "rejected_index": rejected,
+        "chosen_score": score[chosen] if chosen is not None else None,
+        "rejected_score": score[rejected] if rejected is not None else None,
+        "score_margin": score[chosen] - score[rejected] if chosen is not None else None,
+        "criteria": [{"judge": k, **v} for k, v in state["criteria"].items()],
+        "judgments": state["judgments"],
+        "final_verdicts": [
+            {"a": a, "b": b, "verdict": v, "value": x} for (a, b), (v, x) in sorted(finals.items())
+        ],
+        "position_pairs": pos["pairs"],
+        "position_consistent": pos["consistent"],
+        "position_flips": pos["flips"],
+        "tokens": [
+            {"role": k.split("/", 1)[0], "model": k.split("/", 1)[1], **t}
+            for k, t in sorted(state["tokens"].items())
+        ],
+        "judge_tokens": judge_tokens,
+    }
