@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 T = TypeVar("T", bound="Config")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error in what the user gave (config, input data, output folder): its message names the file,
+    row or key and the fix, so a job started from the command line prints it without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message says what to change."""
 
 
@@ -178,7 +183,22 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:
         path = argv[i + 1]
         del argv[i : i + 2]
     try:
-        return load_config(cls, path, argv)
+        cfg = load_config(cls, path, argv)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    _print_user_errors_plainly(prog)
+    return cfg
+
+
+def _print_user_errors_plainly(prog: str) -> None:
+    """From here on, a ``UserError`` ends the job with its message and exit code 1, no traceback."""
+    default_hook = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, UserError):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        default_hook(exc_type, exc, tb)
+
+    sys.excepthook = hook

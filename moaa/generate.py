@@ -298,7 +298,9 @@ def plan(
         runs.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
     inputs = storage.list_files(in_dir, ".parquet")
     if not inputs:
-        raise FileNotFoundError(f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first")
+        raise runs.MissingInputError(
+            f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first"
+        )
     out = cfg.out_dir()
     pending = [
         p
@@ -325,8 +327,9 @@ def run(cfg: GenerateSFTConfig) -> dict[str, Any]:
     t0 = time.time()
     out = cfg.out_dir()
     cfg_hash = cfg.fingerprint()
+    # Inputs are checked before the output folder is touched: a job that cannot start leaves nothing.
+    pending, expected, last_turn = plan(cfg, runs.load_manifest(out) or {"shards": {}})
     manifest = runs.start_manifest(out, STAGE, cfg.run_id, cfg_hash, cfg.model_dump(mode="json"))
-    pending, expected, last_turn = plan(cfg, manifest)
     committed: list[str] = []
     if pending:
         ensure_tiny_models([m.model for m in [*cfg.proposers, cfg.aggregator]])

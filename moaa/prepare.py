@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from moaa import runs, schemas, storage
-from moaa.config import Config, config_hash
+from moaa.config import Config, UserError, config_hash
 
 STAGE = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -44,7 +44,7 @@ ROLES = ("system", "user", "assistant")
 LOCATION_FIELDS = {"run_id", "runs_dir", "output_dir"}
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """An input that cannot be used at all; the message names the file and the fix."""
 
 

@@ -8,13 +8,18 @@ import time
 from typing import Any
 
 from moaa import __version__, storage
+from moaa.config import UserError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """An output folder that holds another configuration's work."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An upstream stage's output that is not there (yet)."""
 
 
 def stage_dir(runs_dir: str, run_id: str, stage: str) -> str:
@@ -71,11 +76,11 @@ def require_complete(in_dir: str, stage: str) -> dict[str, Any]:
     """The manifest of an upstream stage that must have finished; a clear error otherwise."""
     manifest = load_manifest(in_dir)
     if manifest is None:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{in_dir} has no {MANIFEST}: run the {stage} job first (python -m jobs.{stage})"
         )
     if manifest.get("status") != "complete":
-        raise RuntimeError(
+        raise MissingInputError(
             f"{in_dir}: the {stage} job has not finished (status {manifest.get('status')!r}); rerun it"
         )
     return manifest

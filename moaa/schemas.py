@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from moaa.config import UserError
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 _PRIMITIVES = {
@@ -27,7 +29,7 @@ _PRIMITIVES = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A table or file that does not follow its contract; the message names the column and the fix."""
 
 

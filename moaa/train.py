@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from moaa import runs, schemas, storage
-from moaa.config import Config, config_hash
+from moaa.config import Config, UserError, config_hash
 from moaa.tiny import TINY_MODELS, make_tiny_models
 
 TINY_MODEL = "models/tiny/tiny-qwen2-a"
@@ -39,7 +39,7 @@ MODEL_DIR = "model"
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that cannot be used; raised on the driver before any worker starts."""
 
 
