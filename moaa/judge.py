@@ -360,7 +360,22 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
     """Scores, chosen/rejected, status and position statistics of a judged row (schema ``preference``
     columns, without provenance)."""
     cands = state["candidates"]
-    finals = final_verdicts(state["judgments"], mode, judges, vote)
+    # A state may hold more judging than this mode uses (judge_eval derives jury and single from a moa
+    # run's judgments): keep only this mode's judges, aggregator and tokens.
+    used = judges[:1] if mode == "single" else judges
+    judgments = [
+        j
+        for j in state["judgments"]
+        if (j["role"] == "judge" and j["judge"] in used) or (j["role"] == "aggregator" and mode == "moa")
+    ]
+    tokens = {
+        k: t
+        for k, t in state["tokens"].items()
+        if k.startswith("policy/")
+        or (k.startswith(("criteria/", "judge/")) and k.split("/", 1)[1] in used)
+        or (k.startswith("aggregate/") and mode == "moa")
+    }
+    finals = final_verdicts(judgments, mode, judges, vote)
     score = scores(cands, finals)
     if state["error"] is not None:
         chosen = rejected = None
@@ -372,9 +387,7 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         "tie": "no pair: all candidates tie",
     }.get(status)
     judge_tokens = sum(
-        t["prompt_tokens"] + t["completion_tokens"]
-        for k, t in state["tokens"].items()
-        if not k.startswith("policy/")
+        t["prompt_tokens"] + t["completion_tokens"] for k, t in tokens.items() if not k.startswith("policy/")
     )
     pos = position_stats({p: v for p, (v, _) in finals.items()})
     return {
@@ -403,8 +416,8 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         "chosen_score": score[chosen] if chosen is not None else None,
         "rejected_score": score[rejected] if rejected is not None else None,
         "score_margin": score[chosen] - score[rejected] if chosen is not None else None,
-        "criteria": [{"judge": k, **v} for k, v in state["criteria"].items()],
-        "judgments": state["judgments"],
+        "criteria": [{"judge": k, **v} for k, v in state["criteria"].items() if k in used],
+        "judgments": judgments,
         "final_verdicts": [
             {"a": a, "b": b, "verdict": v, "value": x} for (a, b), (v, x) in sorted(finals.items())
         ],
@@ -412,8 +425,7 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         "position_consistent": pos["consistent"],
         "position_flips": pos["flips"],
         "tokens": [
-            {"role": k.split("/", 1)[0], "model": k.split("/", 1)[1], **t}
-            for k, t in sorted(state["tokens"].items())
+            {"role": k.split("/", 1)[0], "model": k.split("/", 1)[1], **t} for k, t in sorted(tokens.items())
         ],
         "judge_tokens": judge_tokens,
     }

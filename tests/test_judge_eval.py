@@ -1,0 +1,134 @@
+"""judge_eval: readers for the three labeled layouts (fast) and a real-engine run of all three modes on a
+small labeled set built from the shared UltraFeedback copy (slow)."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from moaa import judge_eval, schemas, storage
+from moaa.config import load_config
+from moaa.judge_eval import JudgeEvalConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_ultrafeedback_layout_labels_best_over_worst():
+    rows, skipped = judge_eval.labeled_pairs(str(ROOT / "data/samples/ultrafeedback.jsonl"))
+    records = [json.loads(x) for x in (ROOT / "data/samples/ultrafeedback.jsonl").read_text().splitlines()]
+    assert len(rows) + skipped == len(records)
+    r, rec = rows[0], records[int(rows[0]["prompt_id"])]
+    scored = sorted(rec["completions"], key=lambda c: c["overall_score"])
+    assert r["candidates"] == [scored[-1]["response"], scored[0]["response"]]
+    assert r["messages"] == [{"role": "user", "content": rec["instruction"]}]
+
+
+def test_pairs_layout_strings_and_conversations(tmp_path):
+    conv = {
+        "prompt": [{"role": "user", "content": "Q"}],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
+    storage.write_parquet(
+        schemas.to_table([{**conv, "prompt_id": "x", "error": None}], "preference"),
+        str(tmp_path / "p.parquet"),
+    )
+    plain = tmp_path / "p.jsonl"
+    plain.write_text(json.dumps({"prompt": "Q", "chosen": "good", "rejected": "bad"}) + "\n")
+    for path in (tmp_path / "p.parquet", plain):
+        rows, _ = judge_eval.labeled_pairs(str(path))
+        assert rows[0]["messages"] == [{"role": "user", "content": "Q"}] and rows[0]["candidates"] == [
+            "good",
+            "bad",
+        ]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_real_files_read():
+    rows, _ = judge_eval.labeled_pairs(
+        str(SHARED / "ultrafeedback/trl-lib_ultrafeedback_binarized.eval_clean.jsonl")
+    )
+    assert len(rows) == 200
+    rows, _ = judge_eval.labeled_pairs(str(SHARED / "human_pref/LLMBar_Natural.dataset.json"))
+    raw = json.loads((SHARED / "human_pref/LLMBar_Natural.dataset.json").read_text())
+    assert len(rows) == len(raw)
+    assert rows[0]["candidates"][0] == raw[0][f"output_{raw[0]['label']}"]
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        judge_eval.detect_format({"question": "?"})
+
+
+def _row(scores, status="pair", tokens=10, consistent=1, flips=0):
+    cands = [{"index": i, "content": str(i), "score": s} for i, s in enumerate(scores)]
+    return {
+        "status": status,
+        "candidates": cands,
+        "judge_mode": "single",
+        "judge_tokens": tokens,
+        "position_pairs": 1,
+        "position_consistent": consistent,
+        "position_flips": flips,
+        "judgments": [
+            {"role": "judge", "judge": "j", "verdict": "A"},
+            {"role": "judge", "judge": "j", "verdict": None},
+        ],
+    }
+
+
+def test_metrics_accuracy_ties_and_consistency():
+    rows = [
+        _row([1, 0]),
+        _row([0.75, 0.25]),
+        _row([0, 1], flips=1, consistent=0),
+        _row([0.5, 0.5], status="tie"),
+        _row([0.5, 0.5], status="error"),
+    ]
+    m = judge_eval.metrics(rows, ["j"])
+    assert m["pairs"] == 4 and m["errors"] == 1
+    assert m["accuracy"] == 0.5 and m["wrong"] == 0.25 and m["ties"] == 0.25
+    assert m["accuracy_ties_half"] == 0.625
+    assert m["position_consistency"] == 0.75 and m["position_flip_rate"] == 0.25
+    assert m["verdict_parse_rate"] == 0.5 and m["judge_tokens_per_decision"] == 10
+    assert "accuracy" in judge_eval.table({"single": m}).splitlines()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models):
+    import ray
+
+    # The shortest real UltraFeedback pairs (the tiny models' tokenizer is byte-level), as plain JSONL.
+    src = SHARED / "ultrafeedback/trl-lib_ultrafeedback_binarized.eval_clean.jsonl"
+    records = [json.loads(x) for x in src.read_text().splitlines()]
+    records.sort(key=lambda r: len(r["prompt"]) + len(r["chosen"]) + len(r["rejected"]))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
+    cfg = load_config(
+        JudgeEvalConfig,
+        ROOT / "configs/judge_eval/tiny.yaml",
+        [
+            f"data={data}",
+            f"output_dir={tmp_path / 'out'}",
+            f"judge.judges.0.model={tiny_models}/tiny-llama-b",
+            f"judge.judges.1.model={tiny_models}/tiny-qwen2-c",
+            f"judge.aggregator.model={tiny_models}/tiny-qwen2-a",
+        ],
+    )
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        report = judge_eval.run(cfg)
+    finally:
+        ray.shutdown()
+    assert report["rows"] == 4 and report["judged_as"] == "moa"
+    assert set(report["modes"]) == {"moa", "jury", "single"}
+    for mode, m in report["modes"].items():
+        assert m["pairs"] + m["errors"] == 4
+        assert 0 <= m["accuracy"] <= 1 and m["accuracy"] + m["wrong"] + m["ties"] == pytest.approx(1)
+        assert m["verdict_parse_rate"] == 1.0
+        rows = pq.read_table(tmp_path / "out" / f"{mode}.parquet").to_pylist()
+        assert {r["judge_mode"] for r in rows} == {mode}
+    # single pays for one judge, jury for two, moa for two plus the aggregator
+    t = {k: v["judge_tokens_per_decision"] for k, v in report["modes"].items()}
+    assert t["single"] < t["jury"] < t["moa"]
+    print(judge_eval.table(report["modes"]))
