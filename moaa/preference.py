@@ -409,8 +409,10 @@ def plan(
     return todo, expected, multi_turn
 
 
-def run(cfg: GenerateDPOConfig) -> dict[str, Any]:
-    """Generate preference pairs for every prompts shard not yet done; returns the run summary."""
+def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> dict[str, Any]:
+    """Generate preference pairs for every prompts shard not yet done; returns the run summary. ``pools``:
+    engines already started (keyed by ``engine_key``) that the caller keeps, e.g. a benchmark that runs
+    several judge modes on the same engines; by default the job starts and stops its own."""
     t0 = time.time()
     out = cfg.out_dir()
     cfg_hash = cfg.fingerprint()
@@ -422,7 +424,8 @@ def run(cfg: GenerateDPOConfig) -> dict[str, Any]:
     todo = [t for t in todo if t["limit"] > 0]
     if todo:
         _init_ray(cfg.ray_address)
-        pools = start_pools([cfg.policy, *cfg.judge.models()])
+        own = pools is None
+        pools = pools if pools is not None else start_pools([cfg.policy, *cfg.judge.models()])
         try:
             ds = build_policy_stage(_read(todo), cfg.policy, cfg.n, pools)
             ds = build_judge_pipeline(ds, cfg.judge, pools)
@@ -430,8 +433,9 @@ def run(cfg: GenerateDPOConfig) -> dict[str, Any]:
                 committer.add(list(batch["shard"]), list(batch["state"]))
             committer.check_drained()
         finally:
-            for pool in pools.values():
-                pool.shutdown()
+            if own:
+                for pool in pools.values():
+                    pool.shutdown()
     summary = summarize(manifest, wall=time.time() - t0, committed=committer.committed, prices=cfg.prices)
     summary.update(
         stage=STAGE,

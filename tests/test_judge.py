@@ -193,3 +193,42 @@ def test_errors_and_identical_rows_are_kept_with_a_reason():
     row = judge.decide(state, "single", ["j"])
     assert row["status"] == "error" and row["error_stage"] == "judge/j" and "too long" in row["error"]
     assert judge.build_pairs(state, judge="k") is None  # later stages skip an error row
+
+
+def test_decide_counts_only_the_modes_calls():
+    state = _state(["a", "b"])
+    for name in ("j1", "j2"):
+        convs = judge.build_pairs(state, judge=name)
+        judge.apply_pairs(state, [_completion("Verdict: A"), _completion("Verdict: B")], convs, judge=name)
+    convs = judge.build_aggregate(state, aggregator="agg", judges=["j1", "j2"])
+    judge.apply_aggregate(state, [_completion("A"), _completion("A")], convs, aggregator="agg")
+    rows = {m: judge.decide(state, m, ["j1", "j2"]) for m in judge.MODES}
+    assert {j["judge"] for j in rows["single"]["judgments"]} == {"j1"}
+    assert {j["role"] for j in rows["jury"]["judgments"]} == {"judge"}
+    assert rows["single"]["judge_tokens"] < rows["jury"]["judge_tokens"] < rows["moa"]["judge_tokens"]
+    # the aggregator says A both ways (position bias): a tie in moa; the judges mirror: consistent
+    assert rows["moa"]["status"] == "tie" and rows["moa"]["position_flips"] == 1
+    assert rows["single"]["position_consistent"] == 1
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from moaa.config import load_config
+    from moaa.judge_eval import JudgeEvalConfig
+    from moaa.preference import GenerateDPOConfig
+
+    root = Path(__file__).resolve().parent.parent
+    assert GenerateDPOConfig().n == 5 and GenerateDPOConfig().judge.mode == "moa"
+    paper = load_config(GenerateDPOConfig, root / "configs/generate_dpo/paper.yaml")
+    assert (paper.n, paper.limit, paper.judge.n_criteria) == (5, 6000, 3)
+    tiny = load_config(GenerateDPOConfig, root / "configs/generate_dpo/tiny.yaml")
+    assert len(tiny.judge.judges) == 2 and tiny.judge.aggregator is not None
+    for name in ("tiny", "paper"):
+        assert load_config(JudgeEvalConfig, root / f"configs/judge_eval/{name}.yaml").modes == list(
+            judge.MODES
+        )
+    with pytest.raises(Exception, match="aggregator"):
+        load_config(GenerateDPOConfig, None, ["judge.aggregator=null"])
+    with pytest.raises(Exception, match="n must be"):
+        load_config(GenerateDPOConfig, None, ["n=1"])
