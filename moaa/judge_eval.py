@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from moaa import __version__, judge, runs, schemas, storage
-from moaa.config import Config
+from moaa.config import Config, UserError
 from moaa.generate import _init_ray
 from moaa.preference import JudgeConfig, build_judge_pipeline, decisive_judgments, start_pools
 
@@ -84,7 +84,13 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
+class LabeledDataError(UserError, ValueError):
+    """A labeled file that cannot be read as preference pairs; the message names the file and the fix."""
+
+
 def _load_records(path: str) -> list[dict[str, Any]]:
+    if not storage.exists(path):
+        raise LabeledDataError(f"labeled data {path} not found: set data=<.jsonl|.json|.parquet>")
     if path.endswith(".parquet"):
         return storage.read_parquet(path).to_pylist()
     fs, p = storage.resolve(path)
@@ -102,7 +108,7 @@ def detect_format(record: dict[str, Any]) -> str:
         return "pairs"
     if {"input", "output_1", "output_2", "label"} <= record.keys():
         return "llmbar"
-    raise ValueError(
+    raise LabeledDataError(
         f"cannot tell the layout of a row with keys {sorted(record)}: expected UltraFeedback (instruction, "
         "completions), prompt/chosen/rejected or LLMBar (input, output_1, output_2, label); set format"
     )
@@ -113,39 +119,44 @@ def labeled_pairs(path: str, fmt: str = "auto", limit: int | None = None) -> tup
     counts rows without a usable label (UltraFeedback rows whose ratings all tie)."""
     records = _load_records(path)
     if not records:
-        raise ValueError(f"{path}: no rows")
+        raise LabeledDataError(f"{path}: no rows")
     fmt = detect_format(records[0]) if fmt == "auto" else fmt
     rows, skipped = [], 0
     for i, r in enumerate(records):
-        if fmt == "ultrafeedback":
-            comps = [c for c in r["completions"] if c.get("overall_score") is not None]
-            if len(comps) < 2 or len({c["overall_score"] for c in comps}) < 2:
-                skipped += 1
-                continue
-            best = max(comps, key=lambda c: c["overall_score"])
-            worst = min(comps, key=lambda c: c["overall_score"])
-            messages, cands, source = (
-                _messages(r["instruction"]),
-                [best["response"], worst["response"]],
-                r.get("source"),
+        try:
+            if fmt == "ultrafeedback":
+                comps = [c for c in r["completions"] if c.get("overall_score") is not None]
+                if len(comps) < 2 or len({c["overall_score"] for c in comps}) < 2:
+                    skipped += 1
+                    continue
+                best = max(comps, key=lambda c: c["overall_score"])
+                worst = min(comps, key=lambda c: c["overall_score"])
+                messages, cands, source = (
+                    _messages(r["instruction"]),
+                    [best["response"], worst["response"]],
+                    r.get("source"),
+                )
+            elif fmt == "pairs":
+                messages, cands, source = (
+                    _messages(r["prompt"]),
+                    [_text(r["chosen"]), _text(r["rejected"])],
+                    r.get("source"),
+                )
+            elif fmt == "llmbar":
+                good = int(r["label"])
+                cands = [r[f"output_{good}"], r[f"output_{3 - good}"]]
+                messages, source = _messages(r["input"]), "llmbar"
+            else:
+                raise ValueError(f"unknown format {fmt!r}")
+            rows.append(
+                {"prompt_id": f"{i:06d}", "source": source or fmt, "messages": messages, "candidates": cands}
             )
-        elif fmt == "pairs":
-            messages, cands, source = (
-                _messages(r["prompt"]),
-                [_text(r["chosen"]), _text(r["rejected"])],
-                r.get("source"),
-            )
-        elif fmt == "llmbar":
-            good = int(r["label"])
-            cands = [r[f"output_{good}"], r[f"output_{3 - good}"]]
-            messages, source = _messages(r["input"]), "llmbar"
-        else:
-            raise ValueError(f"unknown format {fmt!r}")
-        rows.append(
-            {"prompt_id": f"{i:06d}", "source": source or fmt, "messages": messages, "candidates": cands}
-        )
-        if limit is not None and len(rows) >= limit:
-            break
+            if limit is not None and len(rows) >= limit:
+                break
+        except (KeyError, TypeError, ValueError) as e:
+            raise LabeledDataError(
+                f"{path}: row {i} does not fit the {fmt} layout ({type(e).__name__}: {e})"
+            ) from None
     return rows, skipped
 
 

@@ -391,7 +391,9 @@ def plan(
         runs.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
     inputs = sorted(storage.list_files(in_dir, ".parquet"))
     if not inputs:
-        raise FileNotFoundError(f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first")
+        raise runs.MissingInputError(
+            f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first"
+        )
     left = cfg.limit if cfg.limit is not None else float("inf")
     todo, expected, multi_turn = [], {}, 0
     for p in inputs:
@@ -416,8 +418,9 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> d
     t0 = time.time()
     out = cfg.out_dir()
     cfg_hash = cfg.fingerprint()
+    # Inputs are checked before the output folder is touched: a job that cannot start leaves nothing.
+    todo, expected, multi_turn = plan(cfg, runs.load_manifest(out) or {"shards": {}})
     manifest = runs.start_manifest(out, STAGE, cfg.run_id, cfg_hash, cfg.model_dump(mode="json"))
-    todo, expected, multi_turn = plan(cfg, manifest)
     committer = Committer(cfg, manifest, expected, cfg_hash)
     for item in [t for t in todo if t["limit"] == 0]:  # nothing to judge: commit the empty shard now
         committer.commit(posixpath.basename(item["path"]), [])

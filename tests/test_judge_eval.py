@@ -132,3 +132,37 @@ def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models):
     t = {k: v["judge_tokens_per_decision"] for k, v in report["modes"].items()}
     assert t["single"] < t["jury"] < t["moa"]
     print(judge_eval.table(report["modes"]))
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    from moaa.config import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        judge_eval.labeled_pairs(str(tmp_path / "nope.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b"})
+        + "\n"
+        + json.dumps({"prompt": "Q"})
+        + "\n"
+    )
+    with pytest.raises(UserError, match="row 1 does not fit the pairs layout"):
+        judge_eval.labeled_pairs(str(bad), "pairs")
+
+
+def test_generate_dpo_without_prompts_leaves_no_output(tmp_path):
+    from moaa import preference
+    from moaa.runs import MissingInputError
+
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(
+        preference.GenerateDPOConfig,
+        None,
+        [f"input_dir={tmp_path / 'empty'}", f"output_dir={tmp_path / 'out'}"],
+    )
+    with pytest.raises(MissingInputError, match="jobs.prepare"):
+        preference.run(cfg)
+    assert not (tmp_path / "out").exists()
+    cfg = load_config(preference.GenerateDPOConfig, None, [f"runs_dir={tmp_path}", "run_id=none"])
+    with pytest.raises(MissingInputError, match="prepare"):
+        preference.run(cfg)
