@@ -61,6 +61,12 @@ class ModelConfig(Config):
     seed: int = Field(0, description="Engine seed.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM arguments.")
 
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that decide what this model writes (not its resources or batch size): the part
+        of a job's config hash that makes a rerun with other settings refuse to mix into old output."""
+        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name"}
+        return self.model_dump(mode="json", include=keep)
+
     @property
     def display_name(self) -> str:
         return self.name or self.model.rstrip("/").split("/")[-1]

@@ -116,10 +116,9 @@ class GenerateSFTConfig(Config):
     def fingerprint(self) -> str:
         """Hash of what decides the rows' content (models, sampling, layers, prompt, input), not of
         resources or batch sizes: a rerun on a bigger cluster still resumes."""
-        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name"}
         data = {
-            "proposers": [m.model_dump(mode="json", include=keep) for m in self.proposers],
-            "aggregator": self.aggregator.model_dump(mode="json", include=keep),
+            "proposers": [m.output_settings() for m in self.proposers],
+            "aggregator": self.aggregator.output_settings(),
             "layers": self.layers,
             "keep_prompts": self.keep_prompts,
             "prompt": hashlib.sha256(prompts.AGGREGATE_AND_SYNTHESIZE.encode()).hexdigest(),

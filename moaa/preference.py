@@ -100,11 +100,10 @@ class JudgeConfig(Config):
         return self.active_judges() + ([self.aggregator] if self.mode == "moa" and self.aggregator else [])
 
     def fingerprint_data(self) -> dict[str, Any]:
-        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name"}
         return {
             "mode": self.mode,
-            "judges": [m.model_dump(mode="json", include=keep) for m in self.active_judges()],
-            "aggregator": self.aggregator.model_dump(mode="json", include=keep)
+            "judges": [m.output_settings() for m in self.active_judges()],
+            "aggregator": self.aggregator.output_settings()
             if self.mode == "moa" and self.aggregator
             else None,
             "criteria": self.criteria,
@@ -165,9 +164,8 @@ class GenerateDPOConfig(Config):
     def fingerprint(self) -> str:
         """Hash of what decides the rows (models, sampling, n, judge, prompts, input, limit), not of
         resources or batch sizes: a rerun on a bigger cluster still resumes."""
-        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name"}
         data = {
-            "policy": self.policy.model_dump(mode="json", include=keep),
+            "policy": self.policy.output_settings(),
             "n": self.n,
             "judge": self.judge.fingerprint_data(),
             "input": self.in_dir(),
