@@ -40,6 +40,8 @@ format: install
 
 bench: install
 	$(PY) bench/generate_throughput.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/judge_throughput.py
 
 clean:
 	rm -rf runs .cache
