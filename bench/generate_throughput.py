@@ -1,7 +1,7 @@
 """generate_sft throughput and scale, measured side by side in one run.
 
     .venv/bin/python bench/generate_throughput.py            # both parts
-    .venv/bin/python bench/generate_throughput.py --part throughput --prompts 256
+    .venv/bin/python bench/generate_throughput.py --part throughput --prompts 1024 --batch-size 128
     .venv/bin/python bench/generate_throughput.py --part scale --rows 1000 20000
 
 Part 1 (throughput): completion tokens/s of the Ray Data MoA pipeline (2 proposers + aggregator, tiny
@@ -211,9 +211,9 @@ def scale(sizes: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["throughput", "scale", "all"], default="all")
-    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=64, help="rows per engine call in the Ray pipeline")
+    ap.add_argument("--batch-size", type=int, default=128, help="rows per engine call in the Ray pipeline")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rows", type=int, nargs="+", default=[1000, 20000])
     ap.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
