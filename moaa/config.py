@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound="Config")
 
@@ -29,9 +31,61 @@ class ConfigError(UserError, ValueError):
 
 
 class Config(BaseModel):
-    """Base of every job config and sub-config: typed, documented, strict about unknown keys."""
+    """Base of every job config and sub-config: typed, documented, strict about unknown keys. Defaults are
+    validated too, so that a default path is made absolute like a given one."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, validate_default=True, protected_namespaces=()
+    )
+
+
+# ------------------------------------------------------------------------------------------------- paths
+# Every local path of a config is made absolute when the config is built, in the driver, against the folder
+# the user ran the command from: Ray workers and actors run in other folders (Ray Train's workers in its
+# artifacts folder), where a relative path names nothing. Cloud URIs are left as they are.
+
+# The variable Ray's job supervisor sets for the driver of a job submitted with `ray job submit`.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# A Hugging Face hub id: one "owner/name" (or a bare name), no leading "." or "/".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute against the current folder (``~`` expanded); a URI as it is."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def output_location(path: str) -> str:
+    """Like ``absolute``, but a relative local folder is refused in a job submitted with ``ray job submit``:
+    its current folder is Ray's temporary copy of the working dir, where nobody would find the outputs."""
+    if not is_uri(path) and not os.path.isabs(os.path.expanduser(path)) and os.environ.get(RAY_JOB_ENV):
+        raise ValueError(
+            f"{path!r} is a relative local path, and this is a job submitted to Ray, whose current folder "
+            "is Ray's temporary copy of the working dir: outputs there would be lost. Pass an absolute "
+            "path on storage every node shares (e.g. runs_dir=/mnt/shared/moaa) or a cloud URI "
+            "(runs_dir=s3://bucket/moaa)"
+        )
+    return absolute(path)
+
+
+def hub_id_or_path(value: str) -> str:
+    """A model or dataset name: a local path (it exists, starts with '.', '/' or '~', or has more than one
+    '/': e.g. models/tiny/tiny-qwen2-a, built on first use) is made absolute; a hub id
+    (``owner/name``) and a URI stay as they are."""
+    if is_uri(value):
+        return value
+    if os.path.exists(os.path.expanduser(value)) or not _HUB_ID.match(value):
+        return absolute(value)
+    return value
+
+
+InputPath = Annotated[str, AfterValidator(absolute)]
+OutputPath = Annotated[str, AfterValidator(output_location)]
+HubIdOrPath = Annotated[str, AfterValidator(hub_id_or_path)]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

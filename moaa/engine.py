@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from moaa.config import Config
+from moaa.config import Config, HubIdOrPath
 
 
 class SamplingConfig(Config):
@@ -33,11 +33,13 @@ class SamplingConfig(Config):
 class ModelConfig(Config):
     """One model served by a pool of vLLM engines (one Ray Data actor pool)."""
 
-    model: str = Field(description="Hub id or local path of the weights (vLLM and transformers format).")
+    model: HubIdOrPath = Field(
+        description="Hub id or local path of the weights (vLLM and transformers format)."
+    )
     name: str | None = Field(
         None, description="Display name in outputs and summaries; default: last path part."
     )
-    tokenizer: str | None = Field(None, description="Tokenizer hub id or path if not the model's.")
+    tokenizer: HubIdOrPath | None = Field(None, description="Tokenizer hub id or path if not the model's.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     max_model_len: int | None = Field(
         None, description="Context length; prompts that do not fit are not sent."

@@ -31,7 +31,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from moaa import __version__, moa, prompts, runs, schemas, storage
-from moaa.config import Config
+from moaa.config import Config, InputPath, OutputPath
 from moaa.engine import EnginePool, EngineStage, ModelConfig, SamplingConfig
 
 STAGE = "generate_sft"
@@ -63,11 +63,11 @@ class GenerateSFTConfig(Config):
     """MoA-SFT generation. Defaults are the embedded tiny CPU setup (see configs/generate_sft/)."""
 
     run_id: str = Field("demo", description="Run name: outputs go to <runs_dir>/<run_id>/generate_sft/.")
-    runs_dir: str = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
-    input_dir: str | None = Field(
+    runs_dir: OutputPath = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
+    input_dir: InputPath | None = Field(
         None, description="Prompts shards; default <runs_dir>/<run_id>/prepare/prompts."
     )
-    output_dir: str | None = Field(
+    output_dir: OutputPath | None = Field(
         None, description="Output folder; default <runs_dir>/<run_id>/generate_sft."
     )
     proposers: list[ModelConfig] = Field(

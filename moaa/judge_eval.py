@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from moaa import __version__, judge, runs, schemas, storage
-from moaa.config import Config, UserError
+from moaa.config import Config, InputPath, OutputPath, UserError
 from moaa.generate import _init_ray
 from moaa.preference import JudgeConfig, build_judge_pipeline, decisive_judgments, start_pools
 
@@ -39,9 +39,11 @@ class JudgeEvalConfig(Config):
     """Judge modes against labeled pairs. Defaults: the sample UltraFeedback rows and the tiny judges."""
 
     run_id: str = Field("demo", description="Run name: outputs go to <runs_dir>/<run_id>/judge_eval/.")
-    runs_dir: str = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
-    output_dir: str | None = Field(None, description="Output folder; default <runs_dir>/<run_id>/judge_eval.")
-    data: str = Field(
+    runs_dir: OutputPath = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
+    output_dir: OutputPath | None = Field(
+        None, description="Output folder; default <runs_dir>/<run_id>/judge_eval."
+    )
+    data: InputPath = Field(
         "data/samples/ultrafeedback.jsonl", description="Labeled pairs: .jsonl, .json or .parquet."
     )
     format: Literal["auto", "ultrafeedback", "pairs", "llmbar"] = Field(

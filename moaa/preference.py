@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from moaa import __version__, judge, prompts, runs, schemas, storage
-from moaa.config import Config
+from moaa.config import Config, InputPath, OutputPath
 from moaa.engine import EnginePool, EngineStage, ModelConfig, SamplingConfig
 from moaa.generate import LIGHT_CPUS, Price, _init_ray
 
@@ -126,11 +126,11 @@ class GenerateDPOConfig(Config):
     """MoAA-DPO preference generation. Defaults are the embedded tiny CPU setup (configs/generate_dpo/)."""
 
     run_id: str = Field("demo", description="Run name: outputs go to <runs_dir>/<run_id>/generate_dpo/.")
-    runs_dir: str = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
-    input_dir: str | None = Field(
+    runs_dir: OutputPath = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
+    input_dir: InputPath | None = Field(
         None, description="Prompts shards; default <runs_dir>/<run_id>/prepare/prompts."
     )
-    output_dir: str | None = Field(
+    output_dir: OutputPath | None = Field(
         None, description="Output folder; default <runs_dir>/<run_id>/generate_dpo."
     )
     limit: int | None = Field(None, description="Use only the first N single-turn prompts (shard order).")

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from moaa import runs, schemas, storage
-from moaa.config import Config, UserError, config_hash
+from moaa.config import Config, HubIdOrPath, OutputPath, UserError, config_hash
 
 STAGE = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -58,7 +58,7 @@ class RowError(ValueError):
 class SourceConfig(Config):
     """Where one dataset comes from and how much of it to keep."""
 
-    path: str | None = Field(
+    path: HubIdOrPath | None = Field(
         None,
         description="Hub id (e.g. openbmb/UltraFeedback), or a local/cloud path to a .parquet, .jsonl or "
         ".json file or a folder of them, in the dataset's own column layout; null skips this source.",
@@ -73,7 +73,7 @@ class SourceConfig(Config):
 
 
 class UltraFeedbackConfig(SourceConfig):
-    path: str | None = Field(
+    path: HubIdOrPath | None = Field(
         "data/samples/ultrafeedback.jsonl",
         description="openbmb/UltraFeedback: hub id, or a .parquet/.jsonl/.json file or folder in its layout "
         "(source, instruction, ...); null skips it.",
@@ -82,7 +82,7 @@ class UltraFeedbackConfig(SourceConfig):
 
 
 class UltraChatConfig(SourceConfig):
-    path: str | None = Field(
+    path: HubIdOrPath | None = Field(
         "data/samples/ultrachat.jsonl",
         description="HuggingFaceH4/ultrachat_200k: hub id, or a .parquet/.jsonl/.json file or folder in its "
         "layout (prompt, prompt_id, messages); null skips it.",
@@ -100,8 +100,8 @@ class PrepareConfig(Config):
     """Config of ``jobs.prepare``. The defaults are the tiny embedded run on ``data/samples``."""
 
     run_id: str = Field("demo", description="Name of the run; outputs go to <runs_dir>/<run_id>/prepare/.")
-    runs_dir: str = Field("runs", description="Folder or cloud URI (s3://, gs://) holding the runs.")
-    output_dir: str | None = Field(
+    runs_dir: OutputPath = Field("runs", description="Folder or cloud URI (s3://, gs://) holding the runs.")
+    output_dir: OutputPath | None = Field(
         None, description="Write here instead of <runs_dir>/<run_id>/prepare/ (folder or cloud URI)."
     )
     ultrafeedback: UltraFeedbackConfig = Field(

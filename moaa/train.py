@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from moaa import runs, schemas, storage
-from moaa.config import Config, UserError, config_hash
+from moaa.config import Config, HubIdOrPath, InputPath, OutputPath, UserError, config_hash
 from moaa.tiny import TINY_MODELS, make_tiny_models
 
 TINY_MODEL = "models/tiny/tiny-qwen2-a"
@@ -88,7 +88,7 @@ class CheckpointSettings(Config):
     num_to_keep: int = Field(
         2, ge=1, description="Checkpoints Ray Train keeps in storage_path (oldest deleted)."
     )
-    storage_path: str | None = Field(
+    storage_path: OutputPath | None = Field(
         None,
         description="Ray Train storage (local path or s3:// gs:// URI; shared "
         "storage on a multi-node cluster). Null: <output_dir>/ray.",
@@ -105,18 +105,18 @@ class TrainConfig(Config):
     """What SFT and DPO share: data, model, batch arithmetic, optimizer, scaling and checkpoints."""
 
     run_id: str = Field("demo", description="Run folder name under runs_dir.")
-    runs_dir: str = Field("runs", description="Root of run folders (local path or URI).")
-    model: str | None = Field(
+    runs_dir: OutputPath = Field("runs", description="Root of run folders (local path or URI).")
+    model: HubIdOrPath | None = Field(
         TINY_MODEL,
         description="Model to train: hub id or local path (HF format). The tiny "
         "models under models/tiny are built when missing.",
     )
-    data: str | None = Field(
+    data: InputPath | None = Field(
         None,
         description="Parquet file or folder of Parquet files; null: the upstream "
         "stage's data folder in this run.",
     )
-    output_dir: str | None = Field(
+    output_dir: OutputPath | None = Field(
         None,
         description="Where model/, summary.json and manifest.json go; null: <runs_dir>/<run_id>/<stage>.",
     )
@@ -254,7 +254,7 @@ class TrainSFTConfig(TrainConfig):
 class TrainDPOConfig(TrainConfig):
     """``jobs.train_dpo``: DPO on preference pairs (schemas/preference.json), by default on the SFT model."""
 
-    model: str | None = Field(
+    model: HubIdOrPath | None = Field(
         None,
         description="Policy to train (and the reference's weights); null: this "
         "run's train_sft output, <runs_dir>/<run_id>/train_sft/model.",

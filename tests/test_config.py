@@ -98,3 +98,53 @@ def test_cli_rejects_unknown_keys_with_exit_code_2_and_lists_keys_on_help():
         [sys.executable, "-m", "jobs.cli", "generate-sft", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert helped.returncode == 0 and "aggregator.sampling.temperature (float, 0.7)" in helped.stdout
+
+
+# -- local paths are made absolute in the driver (Ray workers run in other folders) ---------------------
+
+
+def test_relative_paths_are_absolute_against_the_folder_the_command_ran_from(tmp_path, monkeypatch):
+    from moaa.train import TrainSFTConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(GenerateSFTConfig, None, ["input_dir=in/prompts", "proposers.0.model=./my-model"])
+    assert cfg.runs_dir == str(tmp_path / "runs")  # the default too
+    assert cfg.input_dir == str(tmp_path / "in/prompts")
+    assert cfg.proposers[0].model == str(tmp_path / "my-model")
+    assert cfg.proposers[1].model == str(tmp_path / "models/tiny/tiny-llama-b")  # built on first use
+    train = load_config(TrainSFTConfig, None, ["data=d.parquet", "checkpoint.storage_path=ckpt"])
+    assert (train.data, train.checkpoint.storage_path) == (
+        str(tmp_path / "d.parquet"),
+        str(tmp_path / "ckpt"),
+    )
+
+
+def test_hub_ids_and_uris_are_left_as_they_are(tmp_path, monkeypatch):
+    from moaa.prepare import PrepareConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        GenerateSFTConfig,
+        None,
+        ["proposers.0.model=Qwen/Qwen2-72B-Instruct", "runs_dir=s3://bucket/moaa", "aggregator.model=gpt2"],
+    )
+    assert cfg.proposers[0].model == "Qwen/Qwen2-72B-Instruct"
+    assert cfg.aggregator.model == "gpt2"
+    assert cfg.runs_dir == "s3://bucket/moaa"
+    assert cfg.out_dir() == "s3://bucket/moaa/demo/generate_sft"
+    prep = load_config(PrepareConfig, None, ["ultrafeedback.path=openbmb/UltraFeedback"])
+    assert prep.ultrafeedback.path == "openbmb/UltraFeedback"
+    (tmp_path / "openbmb").mkdir()  # a local folder of that name wins over the hub id
+    prep = load_config(PrepareConfig, None, ["ultrafeedback.path=openbmb"])
+    assert prep.ultrafeedback.path == str(tmp_path / "openbmb")
+
+
+def test_a_submitted_ray_job_refuses_a_relative_output_folder(monkeypatch):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "."}}')
+    with pytest.raises(ConfigError, match=r"runs_dir.*relative local path.*s3://"):
+        load_config(GenerateSFTConfig, None, [])
+    with pytest.raises(ConfigError, match=r"output_dir.*relative local path"):
+        load_config(GenerateSFTConfig, None, ["runs_dir=/shared/runs", "output_dir=out"])
+    cfg = load_config(GenerateSFTConfig, None, ["runs_dir=/shared/runs", "input_dir=data/prompts"])
+    assert cfg.runs_dir == "/shared/runs" and cfg.input_dir.endswith("/data/prompts")
+    assert load_config(GenerateSFTConfig, None, ["runs_dir=gs://b/moaa"]).runs_dir == "gs://b/moaa"
