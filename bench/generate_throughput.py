@@ -28,11 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moaa import generate, moa, schemas, storage  # noqa: E402
+from moaa import engine, generate, moa, schemas, shards, storage  # noqa: E402
 from moaa.config import load_config  # noqa: E402
 from moaa.engine import Completion  # noqa: E402
 from moaa.generate import GenerateSFTConfig  # noqa: E402
-from moaa.tiny import ensure_tiny_models  # noqa: E402
 
 
 def write_prompts(out: Path, n: int, rows_per_shard: int) -> None:
@@ -76,15 +75,14 @@ def plain_round(engines: dict, cfg: GenerateSFTConfig, rows: list[dict]) -> tupl
     return tokens / (time.perf_counter() - t0), tokens
 
 
-def ray_round(pools: dict, cfg: GenerateSFTConfig, paths: list[str]) -> tuple[float, int]:
-    """The Ray Data pipeline of generate_sft, timed from the first row read to the last row back."""
+def ray_round(pools: dict, cfg: GenerateSFTConfig) -> tuple[float, int]:
+    """The generate_sft job on engines already started (``run(cfg, pools=...)``), timed from planning the
+    shards to the last shard committed: reading, the Ray Data pipeline, writing the Parquet and manifest."""
     t0 = time.perf_counter()
-    ds = generate.build_turn_pipeline(generate._read(paths, 1), cfg, pools, 1)
-    tokens = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for s in batch["state"]:
-            tokens += sum(p["completion_tokens"] for p in json.loads(s)["proposals"])
-    return tokens / (time.perf_counter() - t0), tokens
+    summary = generate.run(cfg, pools=pools)
+    wall = time.perf_counter() - t0
+    tokens = sum(t.completion_tokens for t in summary.tokens.values())
+    return tokens / wall, tokens
 
 
 def throughput(n_prompts: int, max_tokens: int, batch_size: int, rounds: int) -> None:
@@ -98,22 +96,21 @@ def throughput(n_prompts: int, max_tokens: int, batch_size: int, rounds: int) ->
         ]
         extra += [f"{k}.batch_size={batch_size}" for k in ("proposers.0", "proposers.1", "aggregator")]
         cfg = bench_config(prompts, Path(tmp) / "out", *extra)
-        ensure_tiny_models([m.model for m in [*cfg.proposers, cfg.aggregator]])
         paths = [str(p) for p in sorted(prompts.glob("*.parquet"))]
         rows = [r for p in paths for r in storage.read_parquet(p).to_pylist()]
         # Both sides start their engines first (not timed), then run alternately, so that a load change on
         # the machine hits both; the best round of each side is compared.
-        generate._init_ray(None)
-        pools = generate.start_pools(cfg)
-        engines = {m.display_name: VLLMEngine(m) for m in [*cfg.proposers, cfg.aggregator]}
+        shards.init_ray(None)
+        pools = engine.start_pools(cfg.models())
+        engines = {m.display_name: VLLMEngine(m) for m in cfg.models()}
         results: dict[str, list[tuple[float, int]]] = {"plain": [], "ray": []}
         try:
-            for _ in range(rounds):
-                results["ray"].append(ray_round(pools, cfg, paths))
+            for r in range(rounds):
+                fresh = cfg.model_copy(update={"output_dir": str(Path(tmp) / f"out-{r}")})
+                results["ray"].append(ray_round(pools, fresh))
                 results["plain"].append(plain_round(engines, cfg, rows))
         finally:
-            for pool in pools.values():
-                pool.shutdown()
+            engine.stop_pools(pools)
     plain, ray_ = max(results["plain"]), max(results["ray"])
     print(
         f"throughput: {n_prompts} prompts x 3 engines, max_tokens {max_tokens}, Ray batch_size {batch_size}, "
@@ -153,18 +150,9 @@ class StubPool:
         self.cfg = cfg
         self.actors = [Stub.remote()]
 
-    def wait_ready(self) -> None:
-        import ray
-
-        ray.get([a.ready.remote() for a in self.actors])
-
-    def shutdown(self) -> None:
-        pass
-
 
 def scale_one(rows: int) -> dict:
     """One job run with stub engines (in this fresh process); returns wall time and peak driver RSS."""
-    generate.EnginePool = StubPool
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts"
         write_prompts(prompts, rows, rows_per_shard=1000)
@@ -174,9 +162,11 @@ def scale_one(rows: int) -> dict:
             *[f"{k}.batch_size=256" for k in ("proposers.0", "proposers.1", "aggregator")],
         )
         t0 = time.perf_counter()
-        summary = generate.run(cfg)
+        shards.init_ray(None)
+        pools = {engine.engine_key(m): StubPool(m) for m in cfg.models()}
+        summary = generate.run(cfg, pools=pools)
         wall = time.perf_counter() - t0
-    assert summary["rows"] == rows, summary
+    assert summary.rows == rows, summary
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rows": rows, "wall_s": wall, "per_row_ms": 1000 * wall / rows, "peak_rss_mb": peak_mb}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moaa import preference, schemas, storage  # noqa: E402
+from moaa import engine, preference, schemas, storage  # noqa: E402
 from moaa.config import load_config  # noqa: E402
 from moaa.preference import GenerateDPOConfig  # noqa: E402
 from moaa.tiny import make_tiny_models  # noqa: E402
@@ -70,18 +70,18 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     moa = config("moa", 0)
-    pools = preference.start_pools([moa.policy, *moa.judge.models()])
+    pools = engine.start_pools(moa.models())
     results: dict[str, dict] = {}
     try:
         for k in range(args.rounds):
             for mode in MODES:
-                s = preference.run(config(mode, k), pools=pools)
+                summary = preference.run(config(mode, k), pools=pools)
+                s = {**summary.metrics, "rows": summary.rows, "wall_s": summary.wall_s}
                 best = results.get(mode)
                 if best is None or s["wall_s"] < best["wall_s"]:
                     results[mode] = s
     finally:
-        for pool in pools.values():
-            pool.shutdown()
+        engine.stop_pools(pools)
         ray.shutdown()
 
     table = {

@@ -1,30 +1,31 @@
 """MoAA-DPO preference data: the SFT model samples n answers per prompt, a mixture-of-agents judge compares
 every ordered pair, the best and worst answers become a DPO pair.
 
-    python -m jobs.generate_dpo                                    # embedded tiny default, local Ray
+    python -m jobs.generate_dpo --config configs/generate_dpo/tiny.yaml   # after jobs.train_sft
     python -m jobs.generate_dpo --config configs/generate_dpo/tiny.yaml judge.mode=jury
     python -m jobs.generate_dpo --config configs/generate_dpo/paper.yaml run_id=uf60k
     ray job submit --working-dir . -- python -m jobs.generate_dpo --config configs/generate_dpo/paper.yaml \
         run_id=uf60k runs_dir=s3://bucket/moaa
 
-Reads the prompts shards of ``jobs.prepare`` (single-turn rows) and writes
-``<runs_dir>/<run_id>/generate_dpo/data/*.parquet`` (schema ``schemas/preference.json``, read by
-``jobs.train_dpo`` as is) with ``manifest.json`` and ``summary.json`` beside it. Judge modes: ``moa``
-(default), ``jury`` and ``single`` (``judge.mode=...``). Rerunning the same command resumes: finished shards
-are skipped. See docs/judging.md.
+Reads the prompts shards of ``jobs.prepare`` (single-turn rows), samples from this round's SFT model
+(``policy.model=run:train_sft``, the default) and writes ``<runs_dir>/<run_id>/generate_dpo/data/*.parquet``
+(schema ``schemas/preference.json``, read by ``jobs.train_dpo`` as is) with ``manifest.json`` and
+``summary.json`` beside it. Judge modes: ``moa`` (default), ``jury`` and ``single`` (``judge.mode=...``).
+Rerunning the same command resumes: finished shards are skipped. See docs/judging.md.
 """
 
+from moaa import preference
 from moaa.config import parse_cli
-from moaa.preference import GenerateDPOConfig, one_line, run
+from moaa.stage import Summary
 
-CONFIG_CLASS = GenerateDPOConfig
+CONFIG_CLASS = preference.GenerateDPOConfig
 
 
-def main(cfg: GenerateDPOConfig) -> dict:
+def main(cfg: preference.GenerateDPOConfig) -> Summary:
     # read prompts -> sample n candidates (policy) -> criteria per judge -> all ordered pairs per judge
-    # -> aggregator verdicts (moa) -> scores, chosen/rejected -> write shards
-    summary = run(cfg)
-    print(one_line(summary))
+    # -> aggregator verdicts (moa) -> scores, chosen/rejected -> commit shards
+    summary = preference.run(cfg)
+    print(preference.one_line(summary))
     return summary
 
 

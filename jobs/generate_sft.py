@@ -10,16 +10,17 @@ Reads the prompts shards of ``jobs.prepare`` and writes ``<runs_dir>/<run_id>/ge
 command resumes: finished shards are skipped.
 """
 
+from moaa import generate
 from moaa.config import parse_cli
-from moaa.generate import GenerateSFTConfig, build_turn_pipeline, one_line, run  # noqa: F401
+from moaa.stage import Summary
 
-CONFIG_CLASS = GenerateSFTConfig
+CONFIG_CLASS = generate.GenerateSFTConfig
 
 
-def main(cfg: GenerateSFTConfig) -> dict:
-    # read prompts -> (per turn) propose with every proposer, layer by layer -> aggregate -> write shards
-    summary = run(cfg)
-    print(one_line(summary))
+def main(cfg: generate.GenerateSFTConfig) -> Summary:
+    # read prompts -> (per turn) propose with every proposer, layer by layer -> aggregate -> commit shards
+    summary = generate.run(cfg)
+    print(generate.one_line(summary))
     return summary
 
 

@@ -2,31 +2,26 @@
 
     python -m jobs.train_dpo --config configs/train_dpo/tiny.yaml key=value ...
     python -m jobs.train_dpo --config configs/train_dpo/llama31_8b.yaml run_id=exp1 reference=precomputed
-    ray job submit --working-dir . -- python -m jobs.train_dpo --config configs/train_dpo/tiny.yaml
+    ray job submit --working-dir . -- python -m jobs.train_dpo --config configs/train_dpo/llama31_8b.yaml \
+        run_id=exp1 runs_dir=s3://bucket/moaa
 
-Reads <runs_dir>/<run_id>/generate_preference/data (or data=...) and, by default, starts from this run's SFT
-model (<runs_dir>/<run_id>/train_sft/model); writes <runs_dir>/<run_id>/train_dpo/model and summary.json.
-Re-run the same command after a crash: it resumes from the last checkpoint. ``--help`` lists every key.
+Reads <runs_dir>/<run_id>/generate_dpo/data (or data=...) and, by default, starts from this run's SFT model
+(model=run:train_sft, <runs_dir>/<run_id>/train_sft/model); writes <runs_dir>/<run_id>/train_dpo/model and
+summary.json. Re-run the same command after a crash: it resumes from the last checkpoint.
 """
-
-from __future__ import annotations
-
-import time
 
 from moaa import train
 from moaa.config import parse_cli
+from moaa.stage import Summary
 
 CONFIG_CLASS = train.TrainDPOConfig
 
 
-def main(cfg: train.TrainDPOConfig) -> dict:
-    start = time.time()
-    manifest, finished = train.open_run(cfg)
-    if finished is not None:
-        return finished
-    data = train.read_and_check(cfg)  # read + check: schema, error rows, model; before any worker
-    metrics = train.fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
-    return train.write_summary(cfg, manifest, data, metrics, start)  # summary.json
+def main(cfg: train.TrainDPOConfig) -> Summary:
+    # read + check (schema, error rows, model) -> scale (Ray Train workers) -> train (TRL) -> save (rank 0)
+    summary = train.run(cfg)
+    print(train.one_line(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One config system for every job: a typed pydantic model, one YAML file, dotted ``key=value`` overrides.
 
-    python -m jobs.generate_sft --config configs/generate_sft_tiny.yaml proposers.0.sampling.temperature=0.2
+    python -m jobs.generate_sft --config configs/generate_sft/tiny.yaml proposers.0.sampling.temperature=0.2
 
 Unknown keys are errors (``extra="forbid"``) and the message names the key and the keys that exist there.
 """
@@ -75,8 +75,9 @@ def output_location(path: str) -> str:
 def hub_id_or_path(value: str) -> str:
     """A model or dataset name: a local path (it exists, starts with '.', '/' or '~', or has more than one
     '/': e.g. models/tiny/tiny-qwen2-a, built on first use) is made absolute; a hub id
-    (``owner/name``) and a URI stay as they are."""
-    if is_uri(value):
+    (``owner/name``), a URI and a reference to a model of this run (``run:train_sft``, see
+    ``moaa.layout``) stay as they are."""
+    if is_uri(value) or value.startswith("run:"):
         return value
     if os.path.exists(os.path.expanduser(value)) or not _HUB_ID.match(value):
         return absolute(value)

@@ -225,6 +225,31 @@ class EnginePool:
             ray.kill(a)
 
 
+def engine_key(m: ModelConfig) -> str:
+    """Models with the same engine settings share one engine pool, whatever role they play: sampling,
+    batch size and display name are per call, not per engine."""
+    return json.dumps(m.model_dump(mode="json", exclude={"sampling", "batch_size", "name"}), sort_keys=True)
+
+
+def start_pools(models: list[ModelConfig]) -> dict[str, EnginePool]:
+    """One engine pool per distinct engine (``engine_key``), all started before any row is read, so that a
+    model that cannot load fails the job at once and by name."""
+    from moaa.tiny import ensure_tiny_models
+
+    ensure_tiny_models([m.model for m in models])
+    pools: dict[str, EnginePool] = {}
+    for m in models:
+        pools.setdefault(engine_key(m), EnginePool(m))
+    for pool in pools.values():
+        pool.wait_ready()
+    return pools
+
+
+def stop_pools(pools: dict[str, EnginePool]) -> None:
+    for pool in pools.values():
+        pool.shutdown()
+
+
 class _EngineActor:
     def __init__(self, cfg: ModelConfig):
         self.engine = VLLMEngine(cfg)

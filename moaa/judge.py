@@ -1,4 +1,5 @@
-"""Judging row functions: pure functions over one row's state, no engine, no Ray (like ``moaa.moa``).
+"""The judge, in one place: its row functions (pure functions over one row's state, no engine, no Ray,
+like ``moaa.moa``), its modes, its config and its Ray Data pipeline, which generate_dpo and judge_eval run.
 
 A row's state (one JSON string between Ray Data stages)::
 
@@ -20,19 +21,28 @@ over all its comparisons (tie = half a win).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections import Counter
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
-from moaa.engine import Completion
+from pydantic import Field, model_validator
+
+from moaa.config import Config
+from moaa.engine import Completion, ModelConfig, SamplingConfig
 from moaa.prompts import (
     AGGREGATE_JUDGMENTS,
     AGGREGATE_JUDGMENTS_USER,
+    JUDGE_CRITERIA,
     JUDGE_PAIR,
     JUDGE_SYSTEM,
     SELECT_CRITERIA,
 )
+from moaa.tiny import tiny_engine
+
+JUDGE_PROMPTS = (SELECT_CRITERIA, JUDGE_SYSTEM, JUDGE_PAIR, AGGREGATE_JUDGMENTS, AGGREGATE_JUDGMENTS_USER)
 
 Messages = list[dict[str, str]]
 Pair = tuple[int, int]
@@ -124,27 +134,36 @@ def combine(verdicts: list[str | None], vote: str) -> tuple[str, float]:
     return counts[0][0], VALUE[counts[0][0]]
 
 
+def mode_judges(mode: str, judges: list[str]) -> list[str]:
+    """The judges whose verdicts a mode uses: all of them, or the first alone in ``single``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown judge mode {mode!r}; one of {MODES}")
+    return list(judges[:1]) if mode == "single" else list(judges)
+
+
+def decisive(judgments: list[dict[str, Any]], mode: str, judges: list[str]) -> list[dict[str, Any]]:
+    """The judgments whose verdicts decide in ``mode``: the aggregator's (moa), the judges' votes (jury),
+    the first judge's (single)."""
+    if mode == "moa":
+        return [j for j in judgments if j["role"] == "aggregator"]
+    used = mode_judges(mode, judges)
+    return [j for j in judgments if j["role"] == "judge" and j["judge"] in used]
+
+
 def final_verdicts(
     judgments: list[dict[str, Any]], mode: str, judges: list[str], vote: str = "majority"
 ) -> dict[Pair, tuple[str, float]]:
     """The deciding verdict (label, value for A) of every judged ordered pair: the aggregator's in
     ``moa``, the pooled judges' in ``jury``, the first judge's in ``single``. An unparsed decisive
     verdict counts as a tie."""
-    by_pair: dict[Pair, list[dict[str, Any]]] = {}
-    for j in judgments:
-        by_pair.setdefault((j["a"], j["b"]), []).append(j)
+    by_pair: dict[Pair, list[str | None]] = {}
+    for j in decisive(judgments, mode, judges):
+        by_pair.setdefault((j["a"], j["b"]), []).append(j["verdict"])
     out: dict[Pair, tuple[str, float]] = {}
-    for pair, js in by_pair.items():
-        if mode == "moa":
-            vs = [j["verdict"] for j in js if j["role"] == "aggregator"]
-        elif mode == "single":
-            vs = [j["verdict"] for j in js if j["role"] == "judge" and j["judge"] == judges[0]]
-        elif mode == "jury":
-            out[pair] = combine([j["verdict"] for j in js if j["role"] == "judge"], vote)
-            continue
+    for pair, vs in by_pair.items():
+        if mode == "jury":
+            out[pair] = combine(vs, vote)
         else:
-            raise ValueError(f"unknown judge mode {mode!r}; one of {MODES}")
-        if vs:
             v = vs[-1] if vs[-1] in VALUE else "tie"
             out[pair] = (v, VALUE[v])
     return out
@@ -362,7 +381,7 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
     cands = state["candidates"]
     # A state may hold more judging than this mode uses (judge_eval derives jury and single from a moa
     # run's judgments): keep only this mode's judges, aggregator and tokens.
-    used = judges[:1] if mode == "single" else judges
+    used = mode_judges(mode, judges)
     judgments = [
         j
         for j in state["judgments"]
@@ -429,3 +448,126 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         ],
         "judge_tokens": judge_tokens,
     }
+
+
+# ------------------------------------------------------------------------------------- config + pipeline
+
+
+class JudgeConfig(Config):
+    """Who judges and how. Defaults: the embedded tiny CPU setup, MoA mode."""
+
+    mode: Literal["moa", "jury", "single"] = Field(
+        "moa",
+        description="moa: judges + aggregator judge; jury: judges vote (PoLL); single: judges[0] alone.",
+    )
+    judges: list[ModelConfig] = Field(
+        default_factory=lambda: [tiny_engine("tiny-llama-b", 1.0), tiny_engine("tiny-qwen2-c", 1.0)],
+        description="Judge models (their sampling's temperature/top_p/seed are used; max_tokens is set "
+        "from max_evaluation_chars).",
+    )
+    aggregator: ModelConfig | None = Field(
+        default_factory=lambda: tiny_engine("tiny-qwen2-a", 1.0),
+        description="Aggregator judge (mode moa): reads the judges' evaluations, gives the final verdict.",
+    )
+    criteria: list[str] = Field(
+        default_factory=lambda: list(JUDGE_CRITERIA), description="The fixed list of criteria."
+    )
+    n_criteria: int = Field(3, description="Criteria each judge picks per prompt (constrained choice).")
+    vote: Literal["majority", "mean"] = Field(
+        "majority", description="Jury pooling: majority verdict (no majority = tie) or mean value."
+    )
+    max_evaluation_chars: int = Field(
+        96, ge=1, description="Longest evaluation line a judge may write before its verdict (regex bound)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeConfig:
+        names = [m.display_name for m in self.judges]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"need at least one judge, with distinct names (got {names}); set 'name'")
+        if not 1 <= self.n_criteria <= len(self.criteria):
+            raise ValueError(f"n_criteria must be between 1 and {len(self.criteria)}")
+        return self
+
+    def check_modes(self, modes: list[str]) -> None:
+        """Refuse modes this config cannot run (moa needs an aggregator)."""
+        if "moa" in modes and self.aggregator is None:
+            raise ValueError("mode moa needs judge.aggregator (or use mode jury or single)")
+
+    def judge_names(self) -> list[str]:
+        """Every judge's display name, in order (what ``decide`` and ``final_verdicts`` take)."""
+        return [m.display_name for m in self.judges]
+
+    def active_judges(self) -> list[ModelConfig]:
+        used = mode_judges(self.mode, self.judge_names())
+        return [m for m in self.judges if m.display_name in used]
+
+    def models(self) -> list[ModelConfig]:
+        """Every model this mode calls."""
+        return self.active_judges() + ([self.aggregator] if self.mode == "moa" and self.aggregator else [])
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "judges": [m.output_settings() for m in self.active_judges()],
+            "aggregator": self.aggregator.output_settings()
+            if self.mode == "moa" and self.aggregator
+            else None,
+            "criteria": self.criteria,
+            "n_criteria": self.n_criteria,
+            "vote": self.vote if self.mode == "jury" else None,
+            "max_evaluation_chars": self.max_evaluation_chars,
+            "prompts": hashlib.sha256("".join(JUDGE_PROMPTS).encode()).hexdigest(),
+        }
+
+
+def _sampling(m: ModelConfig, max_tokens: int) -> SamplingConfig:
+    return m.sampling.model_copy(update={"max_tokens": max_tokens})
+
+
+def build_judge_pipeline(ds, jc: JudgeConfig, pools: dict[str, Any]):
+    """The judge steps of ``jc.mode`` over a Ray dataset of states that hold their candidates:
+
+    criteria, per judge (a constrained choice of k criteria) -> pairs, per judge (all ordered pairs of a row
+    in one engine call, regex-constrained "Evaluation: ...\\nVerdict: A|B|tie") -> aggregate (moa: a choice
+    A|B|tie per ordered pair)."""
+    from moaa.shards import engine_stage
+
+    choices = criteria_choices(jc.criteria, jc.n_criteria)
+    choice_tokens = 4 * max(len(c) for c in choices) + 8
+    for m in jc.active_judges():
+        kw = {"judge": m.display_name, "criteria": jc.criteria, "k": jc.n_criteria}
+        ds = engine_stage(
+            ds,
+            pools,
+            m,
+            partial(build_criteria, **kw),
+            partial(apply_criteria, **kw),
+            structured={"choice": choices},
+            sampling=_sampling(m, choice_tokens),
+        )
+    for m in jc.active_judges():
+        ds = engine_stage(
+            ds,
+            pools,
+            m,
+            partial(build_pairs, judge=m.display_name),
+            partial(apply_pairs, judge=m.display_name),
+            multi=True,
+            structured={"regex": pair_regex(jc.max_evaluation_chars)},
+            sampling=_sampling(m, pair_max_tokens(jc.max_evaluation_chars)),
+        )
+    if jc.mode == "moa":
+        agg = jc.aggregator
+        assert agg is not None
+        ds = engine_stage(
+            ds,
+            pools,
+            agg,
+            partial(build_aggregate, aggregator=agg.display_name, judges=jc.judge_names()),
+            partial(apply_aggregate, aggregator=agg.display_name),
+            multi=True,
+            structured={"choice": list(VERDICTS)},
+            sampling=_sampling(agg, 8),
+        )
+    return ds

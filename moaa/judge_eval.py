@@ -21,51 +21,67 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal
 
-import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from moaa import __version__, judge, runs, schemas, storage
-from moaa.config import Config, InputPath, OutputPath, UserError
-from moaa.generate import _init_ray
-from moaa.preference import JudgeConfig, build_judge_pipeline, decisive_judgments, start_pools
+from moaa import judge, schemas, shards, stage, storage
+from moaa.config import InputPath, UserError
+from moaa.engine import EnginePool
+from moaa.judge import JudgeConfig
+from moaa.stage import StageConfig, Summary
 
 STAGE = "judge_eval"
 Mode = Literal["moa", "jury", "single"]
 
 
-class JudgeEvalConfig(Config):
+class JudgeEvalConfig(StageConfig):
     """Judge modes against labeled pairs. Defaults: the sample UltraFeedback rows and the tiny judges."""
 
-    run_id: str = Field("demo", description="Run name: outputs go to <runs_dir>/<run_id>/judge_eval/.")
-    runs_dir: OutputPath = Field("runs", description="Folder or URI (s3://, gs://) holding run folders.")
-    output_dir: OutputPath | None = Field(
-        None, description="Output folder; default <runs_dir>/<run_id>/judge_eval."
-    )
     data: InputPath = Field(
         "data/samples/ultrafeedback.jsonl", description="Labeled pairs: .jsonl, .json or .parquet."
     )
     format: Literal["auto", "ultrafeedback", "pairs", "llmbar"] = Field(
         "auto", description="Input layout (see the module doc); auto: from the first row's keys."
     )
-    limit: int | None = Field(None, description="Evaluate only the first N usable pairs.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N usable pairs.")
     modes: list[Mode] = Field(
         default_factory=lambda: ["moa", "jury", "single"], description="Judge modes to evaluate."
     )
     judge: JudgeConfig = Field(
-        default_factory=JudgeConfig, description="Judges, aggregator, criteria, vote (judge.mode is ignored)."
+        default_factory=JudgeConfig,
+        description="Judges, aggregator (needed for mode moa only), criteria, vote (judge.mode is "
+        "ignored: modes says what to evaluate).",
     )
-    ray_address: str | None = Field(
-        None, description="Ray cluster address; null: RAY_ADDRESS or a local Ray."
-    )
+    rows_per_shard: int = Field(64, ge=1, description="Labeled pairs per output shard (the unit of resume).")
 
-    def out_dir(self) -> str:
-        return self.output_dir or runs.stage_dir(self.runs_dir, self.run_id, STAGE)
+    stage: ClassVar[str] = STAGE
 
-    def pass_mode(self) -> str:
-        """The one mode whose stages cover every requested mode."""
-        return next(m for m in ("moa", "jury", "single") if m in self.modes)
+    @model_validator(mode="after")
+    def _check(self) -> JudgeEvalConfig:
+        if not self.modes:
+            raise ValueError("modes must name at least one of moa, jury, single")
+        self.judge.check_modes(list(self.modes))
+        return self
+
+    def pass_judge(self) -> JudgeConfig:
+        """The judge of the one pass that covers every requested mode: moa calls the judges and the
+        aggregator; jury and single decide from the same judges' verdicts."""
+        mode = next(m for m in ("moa", "jury", "single") if m in self.modes)
+        return self.judge.model_copy(update={"mode": mode})
+
+    def fingerprint(self) -> str:
+        data = {
+            "data": self.data,
+            "format": self.format,
+            "limit": self.limit,
+            "modes": sorted(self.modes),
+            "judge": self.pass_judge().fingerprint_data(),
+            "vote": self.judge.vote,
+            "rows_per_shard": self.rows_per_shard,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -165,14 +181,14 @@ def labeled_pairs(path: str, fmt: str = "auto", limit: int | None = None) -> tup
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def metrics(rows: list[dict[str, Any]], judges: list[str], wall_s: float | None = None) -> dict[str, Any]:
+def metrics(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, Any]:
     """Agreement with the label (candidate 0) over the rows of one mode."""
     ok = [r for r in rows if r["status"] != "error"]
     s = [(r["candidates"][0]["score"], r["candidates"][1]["score"]) for r in ok]
     correct = sum(a > b for a, b in s)
     wrong = sum(a < b for a, b in s)
     ties = len(ok) - correct - wrong
-    decisive = [j for r in ok for j in decisive_judgments(r, judges)]
+    decisive = [j for r in ok for j in judge.decisive(r["judgments"], r["judge_mode"], judges)]
     pos_pairs = sum(r["position_pairs"] for r in ok)
     tokens = sum(r["judge_tokens"] for r in ok)
     n = len(ok)
@@ -193,7 +209,6 @@ def metrics(rows: list[dict[str, Any]], judges: list[str], wall_s: float | None 
         if decisive
         else None,
         "judge_tokens_per_decision": round(tokens / n, 1) if n else None,
-        "wall_s": wall_s,
     }
 
 
@@ -227,64 +242,87 @@ def table(report: dict[str, dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def judge_states(states: list[dict[str, Any]], jc: JudgeConfig, pools) -> list[dict[str, Any]]:
-    """Run the judge stages of ``jc.mode`` over in-memory states (small labeled sets): Ray Data, the same
-    stages as generate_dpo, results back in the driver."""
-    import ray.data
-
-    items = [{"shard": "eval", "state": json.dumps(s, ensure_ascii=False)} for s in states]
-    ds = ray.data.from_items(items)
-    ds = build_judge_pipeline(ds, jc, pools)
-    out: list[dict[str, Any]] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        out += [json.loads(s) for s in np.asarray(batch["state"]).tolist()]
-    return sorted(out, key=lambda s: s["prompt_id"])
+def load_pairs(path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``start:stop`` of the labeled file as judge states (runs in a Ray task)."""
+    rows, _ = labeled_pairs(path, params["format"], params["limit"])
+    return [judge.init_state(r, params["shard"]) for r in rows[params["start"] : params["stop"]]]
 
 
-def run(cfg: JudgeEvalConfig) -> dict[str, Any]:
-    """Judge every labeled pair once (the largest requested mode), score every mode, write the rows per
-    mode (schema ``preference``) and ``report.json``; returns the report."""
-    t0 = time.time()
-    rows, skipped = labeled_pairs(cfg.data, cfg.format, cfg.limit)
-    states = [judge.init_state(r, "eval") for r in rows]
-    jc = cfg.judge.model_copy(update={"mode": cfg.pass_mode()})
-    _init_ray(cfg.ray_address)
-    pools = start_pools(jc.models())
-    try:
-        t1 = time.time()
-        judged = judge_states(states, jc, pools)
-        judge_wall = time.time() - t1
-    finally:
-        for pool in pools.values():
-            pool.shutdown()
-    names = [m.display_name for m in cfg.judge.judges]
-    out = cfg.out_dir()
-    cfg_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
-    report: dict[str, dict[str, Any]] = {}
+def commit(name: str, states: list[dict[str, Any]], cfg: JudgeEvalConfig, provenance: dict[str, Any]):
+    """One table per mode, all decided from the same judged states."""
+    names = cfg.judge.judge_names()
+    tables = {}
     for mode in cfg.modes:
-        out_rows = [
-            {
-                **judge.decide(s, mode, names, cfg.judge.vote),
-                "policy_model": None,
-                "run_id": cfg.run_id,
-                "config_hash": cfg_hash,
-                "moaa_version": __version__,
-            }
-            for s in judged
-        ]
-        storage.write_parquet(schemas.to_table(out_rows, "preference"), storage.join(out, f"{mode}.parquet"))
-        report[mode] = metrics(out_rows, names)
-    result = {
-        "stage": STAGE,
-        "data": cfg.data,
-        "rows": len(rows),
-        "skipped_unlabeled": skipped,
-        "judged_as": cfg.pass_mode(),
-        "judge_wall_s": round(judge_wall, 2),
-        "wall_s": round(time.time() - t0, 2),
-        "modes": report,
-        "config_hash": cfg_hash,
-        "moaa_version": __version__,
+        rows = [{**judge.decide(s, mode, names, cfg.judge.vote), **provenance} for s in states]
+        tables[mode] = schemas.to_table(sorted(rows, key=lambda r: r["prompt_id"]), "preference")
+    tokens: dict[str, dict[str, int]] = {}
+    for s in states:
+        stage.add_tokens(tokens, s["tokens"])
+    return tables, {
+        "rows": len(states),
+        "errors": sum(s["error"] is not None for s in states),
+        "tokens": tokens,
     }
-    storage.write_json(storage.join(out, "report.json"), result)
-    return result
+
+
+def plan(cfg: JudgeEvalConfig) -> tuple[list[shards.Shard], int]:
+    """The labeled file, read and checked in the driver, cut into shards of ``rows_per_shard`` pairs."""
+    rows, skipped = labeled_pairs(cfg.data, cfg.format, cfg.limit)
+    planned = []
+    for i, start in enumerate(range(0, len(rows), cfg.rows_per_shard)):
+        name = f"part-{i:05d}.parquet"
+        stop = min(start + cfg.rows_per_shard, len(rows))
+        params = {"format": cfg.format, "limit": cfg.limit, "start": start, "stop": stop, "shard": name}
+        planned.append(shards.Shard(name, cfg.data, rows=stop - start, params=params))
+    return planned, skipped
+
+
+def run(cfg: JudgeEvalConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
+    """Judge every labeled pair once (the largest requested mode), score every mode from that one pass,
+    write the rows per mode (``<out>/<mode>/*.parquet``, schema ``preference``); the per-mode table is the
+    summary's ``metrics.modes``."""
+    if (done := stage.finished(cfg)) is not None:
+        return done
+    t0 = time.time()
+    out = cfg.out_dir()
+    planned, skipped = plan(cfg)  # the labeled file is checked before the output folder is touched
+    jc = cfg.pass_judge()
+    manifest, _ = shards.run(
+        cfg,
+        planned,
+        load=load_pairs,
+        pipeline=lambda ds, turn, pools: judge.build_judge_pipeline(ds, jc, pools),
+        commit=partial(commit, cfg=cfg, provenance=stage.provenance(cfg, policy_model=None)),
+        models=jc.models(),
+        pools=pools,
+    )
+    names = cfg.judge.judge_names()
+    report = {}
+    for mode in cfg.modes:
+        rows = [
+            r
+            for f in storage.list_files(storage.join(out, mode), ".parquet")
+            for r in storage.read_parquet(f).to_pylist()
+        ]
+        report[mode] = metrics(rows, names)
+    tot = shards.totals(manifest)
+    result = stage.summary(
+        cfg,
+        rows=tot["rows"],
+        errors=tot["errors"],
+        wall_s=time.time() - t0,
+        outputs={mode: storage.join(out, mode) for mode in cfg.modes},
+        tokens=tot["tokens"],
+        metrics={"data": cfg.data, "skipped_unlabeled": skipped, "judged_as": jc.mode, "modes": report},
+    )
+    return stage.complete(cfg, manifest, result)
+
+
+def one_line(s: Summary) -> str:
+    """The summary line, then the per-mode table."""
+    m = s.metrics
+    return (
+        f"{STAGE}: {s.rows} labeled pairs from {m['data']} ({m['skipped_unlabeled']} without a label "
+        f"skipped), judged as {m['judged_as']} in {s.wall_s} s -> {', '.join(s.outputs.values())}\n"
+        + table(m["modes"])
+    )

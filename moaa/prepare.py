@@ -22,26 +22,29 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa import runs, schemas, storage
-from moaa.config import Config, HubIdOrPath, OutputPath, UserError, config_hash
+from moaa import runs, schemas, stage, storage
+from moaa.config import Config, HubIdOrPath, UserError, config_hash
+from moaa.stage import StageConfig, Summary
 
 STAGE = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 ROLES = ("system", "user", "assistant")
-# Fields that say where the outputs go, not what they hold: left out of the config hash so that the same
-# work reached through output_dir or through runs_dir/run_id is recognized as the same.
-LOCATION_FIELDS = {"run_id", "runs_dir", "output_dir"}
+# Fields that say where the outputs go or how the job runs, not what they hold: left out of the config hash
+# so that the same work reached through output_dir or through runs_dir/run_id is recognized as the same.
+LOCATION_FIELDS = {"run_id", "runs_dir", "output_dir", "round", "ray_address"}
 
 
 class PrepareError(UserError, ValueError):
@@ -96,14 +99,10 @@ class UltraChatConfig(SourceConfig):
     )
 
 
-class PrepareConfig(Config):
-    """Config of ``jobs.prepare``. The defaults are the tiny embedded run on ``data/samples``."""
+class PrepareConfig(StageConfig):
+    """Config of ``jobs.prepare``. The defaults are the tiny embedded run on ``data/samples``. Every round
+    of a run reads the same prompts (``round`` does not move them)."""
 
-    run_id: str = Field("demo", description="Name of the run; outputs go to <runs_dir>/<run_id>/prepare/.")
-    runs_dir: OutputPath = Field("runs", description="Folder or cloud URI (s3://, gs://) holding the runs.")
-    output_dir: OutputPath | None = Field(
-        None, description="Write here instead of <runs_dir>/<run_id>/prepare/ (folder or cloud URI)."
-    )
     ultrafeedback: UltraFeedbackConfig = Field(
         UltraFeedbackConfig(), description="Single-turn prompts from UltraFeedback."
     )
@@ -118,13 +117,10 @@ class PrepareConfig(Config):
     )
     rows_per_shard: int = Field(16, ge=1, description="Rows per prompts/part-NNNNN.parquet file.")
 
+    stage: ClassVar[str] = STAGE
 
-def output_dir(cfg: PrepareConfig) -> str:
-    return cfg.output_dir or runs.stage_dir(cfg.runs_dir, cfg.run_id, STAGE)
-
-
-def prepare_hash(cfg: PrepareConfig) -> str:
-    return config_hash(cfg, exclude=LOCATION_FIELDS)
+    def fingerprint(self) -> str:
+        return config_hash(self, exclude=LOCATION_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------ row functions
@@ -544,11 +540,8 @@ def write_quarantine(scan: Scan, out: str) -> str:
     return path
 
 
-def summarize(
-    cfg: PrepareConfig, scan: Scan, shards: dict[str, int], out: str, wall_s: float
-) -> dict[str, Any]:
-    """The run's accounting, written to ``summary.json``: for every source rows_in = rows_out + quarantined
-    + not_sampled."""
+def accounting(scan: Scan, shards: dict[str, int]) -> dict[str, Any]:
+    """The stage's numbers: for every source rows_in = rows_out + quarantined + not_sampled."""
     per_source = {}
     by_reason: Counter = Counter()
     for s in scan.sources:
@@ -562,11 +555,7 @@ def summarize(
             "quarantined_by_reason": dict(sorted(s.quarantined.items())),
         }
         by_reason.update(s.quarantined)
-    summary = {
-        "stage": STAGE,
-        "run_id": cfg.run_id,
-        "output_dir": out,
-        "config_hash": prepare_hash(cfg),
+    return {
         "sources": per_source,
         "rows_in": sum(v["rows_in"] for v in per_source.values()),
         "rows_out": sum(shards.values()),
@@ -574,45 +563,42 @@ def summarize(
         "not_sampled": sum(v["not_sampled"] for v in per_source.values()),
         "quarantined_by_reason": dict(sorted(by_reason.items())),
         "shards": len(shards),
-        "wall_time_s": round(wall_s, 3),
     }
-    storage.write_json(storage.join(out, runs.SUMMARY), summary)
-    return summary
 
 
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line for the end of the job's output."""
-    parts = ", ".join(f"{v['rows_out']} {k}" for k, v in summary["sources"].items())
-    sampled = f", {summary['not_sampled']} not drawn by subset" if summary["not_sampled"] else ""
-    return (
-        f"prepare: {summary['rows_out']} prompts in {summary['shards']} shards ({parts}), "
-        f"{summary['quarantined']} quarantined{sampled} -> {summary['output_dir']}"
-    )
-
-
-# ------------------------------------------------------------------------------------------- run bookkeeping
-
-
-def begin(cfg: PrepareConfig, out: str) -> dict[str, Any] | None:
-    """The manifest to fill, or None when ``out`` already holds this exact work (then there is nothing to
-    do). Another config's work in ``out`` raises ``runs.ResumeError``."""
-    h = prepare_hash(cfg)
-    manifest = runs.load_manifest(out)
-    if manifest is not None and manifest.get("status") == "complete" and manifest.get("config_hash") == h:
-        print(
-            f"prepare: {out} is already complete (config hash {h}); skipping. Use another run_id to redo it."
-        )
-        return None
-    return runs.start_manifest(out, STAGE, cfg.run_id, h, cfg.model_dump(mode="json"))
-
-
-def finish(out: str, manifest: dict[str, Any], shards: dict[str, int], summary: dict[str, Any]) -> None:
-    """Mark the stage complete. Paths are relative to ``out`` so the folder can be moved or copied."""
+def run(cfg: PrepareConfig) -> Summary:
+    """read -> validate and dedup (first pass) -> subset -> shard (second pass) -> quarantine -> summary.
+    A finished run returns its stored summary and writes nothing."""
+    if (done := stage.finished(cfg)) is not None:
+        return done
+    start = time.time()
+    out = cfg.out_dir()
+    sources = open_sources(cfg)  # paths checked before the output folder is touched
+    manifest = runs.start_manifest(out, STAGE, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    scan = validate_and_dedup(sources, dedup=cfg.dedup)
+    draw_subsets(scan, cfg)
+    shards = write_shards(sources, scan, out, cfg.rows_per_shard)
+    quarantine = write_quarantine(scan, out)
+    numbers = accounting(scan, shards)
+    # Shard paths are relative to the folder, so that it can be moved or copied.
     manifest["shards"] = {path: {"rows": rows} for path, rows in shards.items()}
-    runs.finish_manifest(
-        out,
-        manifest,
-        outputs={"prompts": list(shards), "quarantine": "quarantine.parquet", "summary": runs.SUMMARY},
-        rows_out=summary["rows_out"],
-        quarantined=summary["quarantined"],
+    result = stage.summary(
+        cfg,
+        rows=numbers["rows_out"],
+        errors=numbers["quarantined"],
+        wall_s=time.time() - start,
+        outputs={"prompts": storage.join(out, "prompts"), "quarantine": quarantine},
+        metrics=numbers,
+    )
+    return stage.complete(cfg, manifest, result)
+
+
+def one_line(s: Summary) -> str:
+    """One line for the end of the job's output."""
+    m = s.metrics
+    parts = ", ".join(f"{v['rows_out']} {k}" for k, v in m["sources"].items())
+    sampled = f", {m['not_sampled']} not drawn by subset" if m["not_sampled"] else ""
+    return (
+        f"prepare: {s.rows} prompts in {m['shards']} shards ({parts}), {s.errors} quarantined{sampled} -> "
+        f"{posixpath.dirname(s.outputs['prompts'])}"
     )

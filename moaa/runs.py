@@ -22,10 +22,6 @@ class MissingInputError(UserError, FileNotFoundError):
     """An upstream stage's output that is not there (yet)."""
 
 
-def stage_dir(runs_dir: str, run_id: str, stage: str) -> str:
-    return storage.join(runs_dir, run_id, stage)
-
-
 def load_manifest(out_dir: str) -> dict[str, Any] | None:
     path = storage.join(out_dir, MANIFEST)
     return storage.read_json(path) if storage.exists(path) else None
@@ -38,12 +34,7 @@ def start_manifest(
     refused: mixing two configurations in one output would make rows incomparable."""
     manifest = load_manifest(out_dir)
     if manifest is not None:
-        if manifest.get("config_hash") != cfg_hash:
-            raise ResumeError(
-                f"{out_dir} holds a {stage} run with config hash {manifest.get('config_hash')}, but this "
-                f"config hashes to {cfg_hash}. Use another run_id (or output_dir), or delete the folder "
-                "to start over."
-            )
+        check_same_config(out_dir, manifest, stage, cfg_hash)
         manifest["resumed"] = manifest.get("resumed", 0) + 1
     else:
         manifest = {
@@ -59,6 +50,15 @@ def start_manifest(
     manifest["status"] = "running" if manifest.get("status") != "complete" else "complete"
     storage.write_json(storage.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def check_same_config(out_dir: str, manifest: dict[str, Any], stage: str, cfg_hash: str) -> None:
+    if manifest.get("config_hash") != cfg_hash:
+        raise ResumeError(
+            f"{out_dir} holds a {stage} run with config hash {manifest.get('config_hash')}, but this "
+            f"config hashes to {cfg_hash}. Use another run_id (or output_dir), or delete the folder "
+            "to start over."
+        )
 
 
 def save_manifest(out_dir: str, manifest: dict[str, Any]) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import pyarrow as pa
 
 from moaa.config import UserError
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The top-level ``schemas/`` folder, installed as a package with its JSON files (pyproject.toml), so that a
+# non-editable install finds the contracts too.
+SCHEMA_PACKAGE = "schemas"
 
 _PRIMITIVES = {
     "string": pa.string(),
@@ -72,7 +74,7 @@ def parse_type(spec: str) -> pa.DataType:
 @cache
 def load(name: str) -> dict[str, Any]:
     """The raw schema document ``schemas/<name>.json``."""
-    return json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+    return json.loads(resources.files(SCHEMA_PACKAGE).joinpath(f"{name}.json").read_text())
 
 
 @cache

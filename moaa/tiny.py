@@ -131,3 +131,28 @@ def ensure_tiny_models(model_paths: list[str]) -> None:
         p = Path(path)
         if "://" not in path and p.name in by_name and not (p / "config.json").exists():
             make_tiny_models(p.parent, specs=(by_name[p.name],))
+
+
+def tiny_engine(
+    name: str,
+    temperature: float = 0.7,
+    max_tokens: int = 32,
+    *,
+    max_model_len: int = 4096,
+    num_cpus: float = 0.4,
+    batch_size: int = 8,
+):
+    """The engine config of a tiny model on a laptop CPU (the embedded default's roles). One context length
+    by default so that roles on the same model share one engine (pools are keyed by engine settings)."""
+    from moaa.engine import ModelConfig, SamplingConfig
+
+    return ModelConfig(
+        model=f"models/tiny/{name}",
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=max_model_len,
+        kv_cache_space_gb=1,
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        sampling=SamplingConfig(temperature=temperature, max_tokens=max_tokens),
+    )

@@ -24,15 +24,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from moaa import runs, schemas, storage
+from moaa import layout, runs, schemas, stage, storage
 from moaa.config import Config, HubIdOrPath, InputPath, OutputPath, UserError, config_hash
+from moaa.stage import StageConfig, Summary
 from moaa.tiny import TINY_MODELS, make_tiny_models
 
 TINY_MODEL = "models/tiny/tiny-qwen2-a"
-SFT_DATA_STAGE = "generate_sft"
-# The preference (MoA-judge) job that will write schemas/preference.json data under this stage name.
-PREFERENCE_DATA_STAGE = "generate_dpo"
-MODEL_DIR = "model"
 # Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
 # `datasets` hashes TRL's map functions (pages of bytecode in the console); progress bars of weight loading
 # repeat for every worker. Our own progress line is printed by rank 0.
@@ -101,24 +98,18 @@ class CheckpointSettings(Config):
     )
 
 
-class TrainConfig(Config):
+class TrainConfig(StageConfig):
     """What SFT and DPO share: data, model, batch arithmetic, optimizer, scaling and checkpoints."""
 
-    run_id: str = Field("demo", description="Run folder name under runs_dir.")
-    runs_dir: OutputPath = Field("runs", description="Root of run folders (local path or URI).")
-    model: HubIdOrPath | None = Field(
+    model: HubIdOrPath = Field(
         TINY_MODEL,
-        description="Model to train: hub id or local path (HF format). The tiny "
-        "models under models/tiny are built when missing.",
+        description="Model to train: hub id, local path (HF format) or a model of this run (run:train_sft, "
+        "run:train_dpo@1; moaa/layout.py). The tiny models under models/tiny are built when missing.",
     )
     data: InputPath | None = Field(
         None,
-        description="Parquet file or folder of Parquet files; null: the upstream "
-        "stage's data folder in this run.",
-    )
-    output_dir: OutputPath | None = Field(
-        None,
-        description="Where model/, summary.json and manifest.json go; null: <runs_dir>/<run_id>/<stage>.",
+        description="Parquet file or folder of Parquet files; null: the upstream stage's data folder in this "
+        "run and round (moaa/layout.py).",
     )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Workers and devices.")
     checkpoint: CheckpointSettings = Field(
@@ -211,25 +202,18 @@ class TrainConfig(Config):
         )
 
     @property
-    def out_dir(self) -> str:
-        return self.output_dir or runs.stage_dir(self.runs_dir, self.run_id, self.stage)
-
-    @property
     def data_path(self) -> str:
-        upstream = SFT_DATA_STAGE if self.stage == "train_sft" else PREFERENCE_DATA_STAGE
-        return self.data or storage.join(runs.stage_dir(self.runs_dir, self.run_id, upstream), "data")
+        return self.data or layout.default_input(self.runs_dir, self.run_id, self.stage, self.round)[1]
 
     @property
     def model_path(self) -> str:
-        assert self.model is not None
-        return self.model
+        return layout.resolve_model(self.model, self.runs_dir, self.run_id, self.round)
 
     @property
     def storage_path(self) -> str:
-        path = self.checkpoint.storage_path or storage.join(self.out_dir, "ray")
-        return path if storage.is_uri(path) else os.path.abspath(path)
+        return self.checkpoint.storage_path or storage.join(self.out_dir(), "ray")
 
-    def hash(self) -> str:
+    def fingerprint(self) -> str:
         # How many failures to tolerate and how many checkpoints to keep do not change the result: a re-run
         # with other values must still resume.
         return config_hash(self, exclude={"checkpoint": {"max_failures", "num_to_keep"}})
@@ -254,10 +238,10 @@ class TrainSFTConfig(TrainConfig):
 class TrainDPOConfig(TrainConfig):
     """``jobs.train_dpo``: DPO on preference pairs (schemas/preference.json), by default on the SFT model."""
 
-    model: HubIdOrPath | None = Field(
-        None,
-        description="Policy to train (and the reference's weights); null: this "
-        "run's train_sft output, <runs_dir>/<run_id>/train_sft/model.",
+    model: HubIdOrPath = Field(
+        "run:train_sft",
+        description="Policy to train (and the reference's weights): hub id, path, or run:train_sft (this "
+        "round's SFT model, the default).",
     )
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
@@ -271,10 +255,6 @@ class TrainDPOConfig(TrainConfig):
     stage: ClassVar[str] = "train_dpo"
     schema_name: ClassVar[str] = "preference"
     text_columns: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
-
-    @property
-    def model_path(self) -> str:
-        return self.model or storage.join(runs.stage_dir(self.runs_dir, self.run_id, "train_sft"), MODEL_DIR)
 
 
 # -- read + check (driver) ---------------------------------------------------------------------------------
@@ -548,7 +528,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             final_dir=final_dir,
         )
         if rank == 0:
-            _publish(final_dir, storage.join(cfg.out_dir, MODEL_DIR))
+            _publish(final_dir, layout.output_of(cfg.out_dir(), cfg.stage))
         return {**result, "resumed_from": resumed}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -581,7 +561,7 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
-        ray.init()
+        ray.init(address=cfg.ray_address)
     use_gpu = wants_gpu(cfg)
     trainer = TorchTrainer(
         train_worker,
@@ -601,26 +581,14 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     return {**result.return_value, "device": "gpu" if use_gpu else "cpu"}
 
 
-def open_run(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(manifest, summary of a run that already finished, else None). Another config in the same output
-    folder is refused (runs.ResumeError)."""
-    manifest = runs.start_manifest(
-        cfg.out_dir, cfg.stage, cfg.run_id, cfg.hash(), cfg.model_dump(mode="json")
-    )
-    summary_path = storage.join(cfg.out_dir, runs.SUMMARY)
-    if manifest["status"] == "complete" and storage.exists(summary_path):
-        print(f"[{cfg.stage}] {cfg.out_dir} is complete; delete it or use another run_id to train again")
-        return manifest, storage.read_json(summary_path)
-    return manifest, None
-
-
 def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     """Data and model checks on the driver, before Ray or any worker starts."""
     data = check_data(cfg)
     ensure_model(cfg.model_path)
-    if not storage.is_uri(cfg.model_path) and cfg.model is None and not storage.exists(cfg.model_path):
+    if layout.is_model_ref(cfg.model) and not storage.exists(cfg.model_path):
         raise DataError(
-            f"no model at {cfg.model_path}: run jobs.train_sft for run {cfg.run_id!r} first or set model="
+            f"model is {cfg.model} = {cfg.model_path}, which does not exist yet: run the stage that writes "
+            f"it for run {cfg.run_id!r} first, or set model=<hub id or path>"
         )
     print(
         f"[{cfg.stage}] {data['rows_used']} rows to train on ({data['rows_errored']} with error skipped) "
@@ -630,32 +598,37 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def write_summary(
-    cfg: TrainConfig, manifest: dict[str, Any], data: dict[str, Any], metrics: dict[str, Any], start: float
-) -> dict[str, Any]:
-    """summary.json (and a complete manifest) from the driver's counts and rank 0's numbers."""
-    model_dir = storage.join(cfg.out_dir, MODEL_DIR)
-    summary = {
-        "stage": cfg.stage,
-        "run_id": cfg.run_id,
-        "model": cfg.model_path,
-        "data": cfg.data_path,
-        "output_model": model_dir,
-        "rows_total": data["rows_total"],
-        "rows_errored": data["rows_errored"],
-        "rows_used": data["rows_used"],
-        **metrics,
-        "wall_time_s": round(time.time() - start, 2),
-        "ray_storage": storage.join(cfg.storage_path, f"{cfg.stage}-{cfg.run_id}"),
-        "config_hash": cfg.hash(),
-    }
-    summary_path = storage.join(cfg.out_dir, runs.SUMMARY)
-    storage.write_json(summary_path, summary)
-    runs.finish_manifest(cfg.out_dir, manifest, model=model_dir, summary=summary_path)
-    print(
-        f"[{cfg.stage}] done: {summary['steps']} steps, {summary['epochs']:.2f} epochs, final loss "
-        f"{summary['final_loss']}, {summary['tokens_per_s'] or 0:.0f} tokens/s; model in {model_dir}"
+def run(cfg: TrainConfig) -> Summary:
+    """Train (or resume) and publish the model; a finished run returns its stored summary."""
+    if (done := stage.finished(cfg)) is not None:
+        return done
+    start = time.time()
+    data = read_and_check(cfg)  # schema, error rows, model: before the output folder or any worker
+    out = cfg.out_dir()
+    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    metrics = fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
+    result = stage.summary(
+        cfg,
+        rows=data["rows_used"],
+        errors=data["rows_errored"],
+        wall_s=time.time() - start,
+        outputs={"model": layout.output_of(out, cfg.stage)},
+        metrics={
+            "model": cfg.model_path,
+            "data": cfg.data_path,
+            "rows_total": data["rows_total"],
+            **metrics,
+            "ray_storage": storage.join(cfg.storage_path, f"{cfg.stage}-{cfg.run_id}"),
+        },
     )
-    if summary["resumed_from"]:
-        print(f"[{cfg.stage}] resumed from {summary['resumed_from']}")
-    return summary
+    return stage.complete(cfg, manifest, result)
+
+
+def one_line(s: Summary) -> str:
+    m = s.metrics
+    return (
+        f"{s.stage}: {m['steps']} steps, {m['epochs']:.2f} epochs on {s.rows} rows ({s.errors} with error "
+        f"skipped), final loss {m['final_loss']}, {m['tokens_per_s'] or 0:.0f} tokens/s, {s.wall_s} s"
+        + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else "")
+        + f" -> {s.outputs['model']}"
+    )

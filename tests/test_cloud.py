@@ -79,11 +79,10 @@ def test_prepare_and_generate_on_s3_then_resume(s3, ray_with_s3_env, tiny_models
     ]
     cfg = load_config(GenerateSFTConfig, ROOT / "configs/generate_sft/tiny.yaml", overrides)
     summary = generate_sft.main(cfg)
-    assert summary["rows"] == 8 and summary["errors"] == 0 and summary["output"].startswith("s3://")
+    assert summary.rows == 8 and summary.errors == 0 and summary.outputs["data"].startswith("s3://")
     fs, path = storage.resolve(f"{s3}/cloud/generate_sft/data")
     table = pq.read_table(path, filesystem=fs)
     assert table.num_rows == 8 and table.column("error").null_count == 8
     assert storage.read_json(f"{s3}/cloud/generate_sft/manifest.json")["status"] == "complete"
 
-    again = generate_sft.main(cfg)
-    assert again["shards_this_run"] == 0 and again["shards_skipped"] == 2
+    assert generate_sft.main(cfg) == summary  # finished: the stored summary, nothing written

@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(ROOT.glob("configs/*/*.yaml"))
 
 
-def test_there_are_shipped_configs_for_every_job_folder():
-    assert {p.parent.name for p in SHIPPED} >= {"prepare", "generate_sft"}
+def test_every_job_the_cli_knows_has_shipped_configs_and_no_folder_is_orphaned():
+    from jobs.cli import JOBS
+
+    assert {p.parent.name for p in SHIPPED} == set(JOBS)
+    assert all({"tiny.yaml"} <= {p.name for p in SHIPPED if p.parent.name == job} for job in JOBS)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moaa import judge_eval, schemas, storage
-from moaa.config import load_config
+from moaa.config import ConfigError, load_config
 from moaa.judge_eval import JudgeEvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,21 +117,32 @@ def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models):
     )
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        report = judge_eval.run(cfg)
+        summary = judge_eval.run(cfg)
     finally:
         ray.shutdown()
-    assert report["rows"] == 4 and report["judged_as"] == "moa"
+    report = summary.metrics
+    assert summary.rows == 4 and report["judged_as"] == "moa" and summary.wall_s > 0
     assert set(report["modes"]) == {"moa", "jury", "single"}
     for mode, m in report["modes"].items():
         assert m["pairs"] + m["errors"] == 4
         assert 0 <= m["accuracy"] <= 1 and m["accuracy"] + m["wrong"] + m["ties"] == pytest.approx(1)
         assert m["verdict_parse_rate"] == 1.0
-        rows = pq.read_table(tmp_path / "out" / f"{mode}.parquet").to_pylist()
+        rows = pq.read_table(tmp_path / "out" / mode).to_pylist()
         assert {r["judge_mode"] for r in rows} == {mode}
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    assert judge_eval.run(cfg) == summary  # finished: the stored summary, nothing written
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
     # single pays for one judge, jury for two, moa for two plus the aggregator
     t = {k: v["judge_tokens_per_decision"] for k, v in report["modes"].items()}
     assert t["single"] < t["jury"] < t["moa"]
     print(judge_eval.table(report["modes"]))
+
+
+def test_jury_and_single_need_no_aggregator():
+    cfg = load_config(JudgeEvalConfig, None, ["modes=[jury, single]", "judge.aggregator=null"])
+    assert cfg.pass_judge().mode == "jury" and cfg.pass_judge().models() == cfg.judge.judges
+    with pytest.raises(ConfigError, match="mode moa needs judge.aggregator"):
+        load_config(JudgeEvalConfig, None, ["modes=[moa, single]", "judge.aggregator=null"])
 
 
 def test_bad_inputs_are_user_errors(tmp_path):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.prepare import main
+from jobs import prepare as prepare_job
 from moaa import runs, schemas, storage
 from moaa.config import load_config
 from moaa.prepare import (
@@ -23,7 +23,6 @@ from moaa.prepare import (
     is_hub_id,
     normalize_ultrachat,
     normalize_ultrafeedback,
-    prepare_hash,
     prompt_id,
     validate_messages,
 )
@@ -32,6 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
 UF = str(SAMPLES / "ultrafeedback.jsonl")
 UC = str(SAMPLES / "ultrachat.jsonl")
+
+
+def main(cfg: PrepareConfig) -> dict:
+    """The job as the CLI runs it; its stage numbers (the summary's metrics)."""
+    return prepare_job.main(cfg).metrics
 
 
 def cfg_for(out: Path, **overrides: object) -> PrepareConfig:
@@ -202,7 +206,7 @@ def test_sample_run_counts(sample_run: tuple[Path, dict]) -> None:
     assert summary["rows_in"] == summary["rows_out"] + summary["quarantined"] == 50
     assert summary["shards"] == 3  # 45 rows at 16 per shard
     assert summary["quarantined_by_reason"]["duplicate"] == 1
-    assert summary == storage.read_json(str(out / "summary.json"))
+    assert summary == storage.read_json(str(out / "summary.json"))["metrics"]
 
 
 def test_sample_run_shards(sample_run: tuple[Path, dict]) -> None:
@@ -255,9 +259,10 @@ def test_sample_run_quarantine(sample_run: tuple[Path, dict]) -> None:
 def test_sample_run_manifest(sample_run: tuple[Path, dict]) -> None:
     out, _ = sample_run
     manifest = runs.require_complete(str(out), "prepare")
-    assert manifest["outputs"]["prompts"] == [f"prompts/part-0000{i}.parquet" for i in range(3)]
+    assert sorted(manifest["shards"]) == [f"prompts/part-0000{i}.parquet" for i in range(3)]
+    assert manifest["prompts"] == str(out / "prompts")
     assert [v["rows"] for v in manifest["shards"].values()] == [16, 16, 13]
-    assert manifest["rows_out"] == 45 and manifest["quarantined"] == 5
+    assert manifest["quarantine"] == str(out / "quarantine.parquet")
 
 
 def test_outputs_read_back_with_pandas_duckdb_and_datasets(
@@ -410,12 +415,12 @@ def test_dedup_off_keeps_the_duplicate(tmp_path: Path) -> None:
 
 def test_rerun_is_skipped_and_other_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    assert main(cfg_for(out)) is not None
-    before = (out / "manifest.json").read_bytes()
+    first = main(cfg_for(out))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
-    assert main(cfg_for(out)) is None
-    assert "already complete" in capsys.readouterr().out
-    assert (out / "manifest.json").read_bytes() == before
+    assert main(cfg_for(out)) == first
+    assert "is complete with this config: nothing to do" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(runs.ResumeError, match="config hash"):
         main(cfg_for(out, rows_per_shard=8))
 
@@ -423,7 +428,7 @@ def test_rerun_is_skipped_and_other_config_is_refused(tmp_path: Path, capsys: py
 def test_interrupted_run_is_redone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cfg = cfg_for(out)
-    runs.start_manifest(str(out), "prepare", "demo", prepare_hash(cfg), {})  # status stays "running"
+    runs.start_manifest(str(out), "prepare", "demo", cfg.fingerprint(), {})  # status stays "running"
     (out / "prompts").mkdir()
     (out / "prompts" / "part-00009.parquet").write_bytes(b"stale")  # left by a killed attempt
     summary = main(cfg)
@@ -488,7 +493,8 @@ def test_cli_runs_the_tiny_config(tmp_path: Path) -> None:
         f"prepare: 45 prompts in 3 shards (33 ultrafeedback, 12 ultrachat), 5 quarantined -> {out}"
         in proc.stdout
     )
-    assert runs.require_complete(str(out), "prepare")["rows_out"] == 45
+    runs.require_complete(str(out), "prepare")
+    assert storage.read_json(str(out / "summary.json"))["rows"] == 45
 
 
 def test_cli_rejects_unknown_key() -> None:

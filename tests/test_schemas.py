@@ -1,14 +1,17 @@
 """The Parquet contracts in schemas/: loadable as data, enforced on write."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from moaa import schemas
 
+ROOT = Path(__file__).resolve().parent.parent
 
-@pytest.mark.parametrize("path", sorted(schemas.SCHEMA_DIR.glob("*.json")), ids=lambda p: p.stem)
+
+@pytest.mark.parametrize("path", sorted((ROOT / "schemas").glob("*.json")), ids=lambda p: p.stem)
 def test_every_schema_file_is_documented_data(path):
     doc = json.loads(path.read_text())
     assert doc["name"] == path.stem and doc["description"] and doc["written_by"]

@@ -187,13 +187,15 @@ def ray_session():
 def sft_run(ray_session, runs_dir, tiny_models) -> dict:
     # 32 usable rows, 2 per device x 2 accumulation x 2 workers = 8 per step: 4 steps per epoch, 2 epochs.
     cfg = tiny_sft(runs_dir, tiny_models, "scaling.num_workers=2", "effective_batch_size=8", "num_epochs=2")
-    return train_sft.main(cfg)
+    summary = train_sft.main(cfg)
+    return {**summary.metrics, "rows_used": summary.rows, "rows_errored": summary.errors, "summary": summary}
 
 
 @pytest.fixture(scope="module")
 def dpo_run(sft_run, runs_dir) -> dict:
     cfg = load_config(TrainDPOConfig, ROOT / "configs/train_dpo/tiny.yaml", [f"runs_dir={runs_dir}"])
-    return train_dpo.main(cfg)
+    summary = train_dpo.main(cfg)
+    return {**summary.metrics, "rows_used": summary.rows, "rows_errored": summary.errors, "summary": summary}
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -221,7 +223,17 @@ def test_sft_two_workers_learn_and_take_the_configured_steps(sft_run, runs_dir, 
     model_dir = runs_dir / "demo/train_sft/model"
     _assert_learned(sft_run, tiny_models / "tiny-qwen2-a", model_dir)
     on_disk = storage.read_json(str(runs_dir / "demo/train_sft/summary.json"))
-    assert on_disk["steps"] == 8 and on_disk["final_loss"] == sft_run["final_loss"]
+    assert on_disk == sft_run["summary"].model_dump(mode="json")
+    assert on_disk["metrics"]["steps"] == 8 and on_disk["outputs"] == {"model": str(model_dir)}
+
+
+@pytest.mark.slow
+def test_a_finished_training_stage_returns_its_summary_and_writes_nothing(sft_run, runs_dir, tiny_models):
+    out = runs_dir / "demo/train_sft"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    cfg = tiny_sft(runs_dir, tiny_models, "scaling.num_workers=2", "effective_batch_size=8", "num_epochs=2")
+    assert train_sft.main(cfg) == sft_run["summary"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
 @pytest.mark.slow
@@ -317,6 +329,6 @@ def test_killed_worker_run_finishes_from_a_checkpoint(ray_session, runs_dir, tin
     summary = train_sft.main(cfg)
     watcher.join(timeout=5)
     assert killed, "no training worker was found to kill"
-    assert summary["steps"] == 30
-    assert summary["resumed_from"] and "checkpoint-" in summary["resumed_from"]
-    assert storage.read_json(str(runs_dir / "killed/train_sft/summary.json"))["resumed_from"]
+    assert summary.metrics["steps"] == 30
+    assert summary.metrics["resumed_from"] and "checkpoint-" in summary.metrics["resumed_from"]
+    assert storage.read_json(str(runs_dir / "killed/train_sft/summary.json"))["metrics"]["resumed_from"]

@@ -2,6 +2,7 @@
 from the root of a fresh copy of the repository (relative paths, the shipped tiny configs), each exit code
 and each output checked against its contract. A README change that breaks a command breaks this test."""
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moaa import schemas
+from moaa.stage import Summary
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -24,7 +26,7 @@ OUTPUTS = {
     "train_sft": [("train_sft/model/config.json", None), ("train_sft/summary.json", None)],
     "generate_dpo": [("generate_dpo/data", "preference")],
     "train_dpo": [("train_dpo/model/config.json", None), ("train_dpo/summary.json", None)],
-    "judge_eval": [("judge_eval/moa.parquet", "preference"), ("judge_eval/report.json", None)],
+    "judge_eval": [("judge_eval/moa", "preference"), ("judge_eval/jury", "preference")],
 }
 
 
@@ -97,14 +99,33 @@ def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(tmp_path):
     repo = fresh_copy(tmp_path / "moaa")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the shipped configs set what they need
-    for command in walkthrough_commands((ROOT / "README.md").read_text()):
-        run = command
+    commands = walkthrough_commands((ROOT / "README.md").read_text())
+    runs = repo / "runs" / "demo"
+
+    def run(command: str) -> subprocess.CompletedProcess:
         if command.startswith("make "):
             # `make demo` installs first when needed; here the install is the one running this test.
-            run = command.replace("make ", "make -o .venv/.moaa-installed ", 1)
-        proc = subprocess.run(run, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+            command = command.replace("make ", "make -o .venv/.moaa-installed ", 1)
+        proc = subprocess.run(
+            command, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=900
+        )
         tail = (proc.stdout + proc.stderr)[-4000:]
         assert proc.returncode == 0, f"README command failed: {command}\n{tail}"
         assert "Traceback" not in proc.stderr, f"{command} printed a traceback:\n{tail}"
+        return proc
+
+    for command in commands:
+        run(command)
         for job in jobs_of(command):
-            check_outputs(job, repo / "runs" / "demo")
+            check_outputs(job, runs)
+
+    # Every stage's summary has the common keys; running the walkthrough again redoes nothing and writes
+    # nothing: each stage finds its finished work and returns the stored summary.
+    for job in OUTPUTS:
+        summary = json.loads((runs / job / "summary.json").read_text())
+        assert set(summary) == set(Summary.model_fields) and summary["stage"] == job
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.rglob("*")}
+    for command in commands:
+        proc = run(command)
+        assert proc.stdout.count("nothing to do") == len(jobs_of(command)), proc.stdout[-2000:]
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.rglob("*")} == before

@@ -1,0 +1,207 @@
+"""One engine for the shard-by-shard Ray Data jobs (generate_sft, generate_dpo, judge_eval):
+
+    shards still to do -> light readers -> the stage's map_batches steps over shared engine pools
+      -> commit each shard atomically (its files, then the manifest) -> the stage's summary
+
+A stage gives the shards (input file, rows, turns), a loader (input file -> row states, run in a Ray task),
+the pipeline of one pass and a commit function (states -> tables and per-shard stats). Rows travel as one
+JSON ``state`` column, so every block of every step has one Arrow schema.
+
+Turn passes: a shard of multi-turn chats needs one pass per turn, because turn t's prompt holds turn t-1's
+output. Pass t reads the states pass t-1 left in ``<out>/work/turn-<t-1>/``; the engines stay up across
+passes. A killed run is rerun the same way: committed shards are skipped and the others resume from their
+last finished turn, so every row ends in the output once.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from moaa import runs, stage, storage
+from moaa.engine import EnginePool, EngineStage, ModelConfig, engine_key, start_pools, stop_pools
+
+# Light tasks (reading, caller actors) take little CPU so that engine actors holding fractional CPUs never
+# starve them on a small machine.
+LIGHT_CPUS = 0.1
+
+State = dict[str, Any]
+Loader = Callable[[str, dict[str, Any]], list[State]]
+Pipeline = Callable[[Any, int, dict[str, EnginePool]], Any]
+Commit = Callable[[str, list[State]], tuple[dict[str, pa.Table], dict[str, Any]]]
+
+
+@dataclass
+class Shard:
+    name: str  # the input file's name; its outputs have the same name
+    source: str  # the input file
+    rows: int  # rows it will hold
+    turns: int = 1  # passes it needs
+    params: dict[str, Any] = field(default_factory=dict)  # handed to the loader (e.g. a row range)
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+    ray.data.DataContext.get_current().execution_options.preserve_order = False
+
+
+def engine_stage(ds, pools: dict[str, EnginePool], model: ModelConfig, build, apply, **stage_kwargs: Any):
+    """One ``map_batches`` step that feeds ``model``'s engine pool (see ``EngineStage``)."""
+    import ray.data
+
+    pool = pools[engine_key(model)]
+    return ds.map_batches(
+        EngineStage,
+        fn_constructor_kwargs={"actors": pool.actors, "build": build, "apply": apply, **stage_kwargs},
+        batch_size=model.batch_size,
+        # Up to two callers per engine: one batch generating, one queued, so an engine never waits.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2 * pool.cfg.replicas),
+        num_cpus=LIGHT_CPUS,
+    )
+
+
+def _load(batch: dict[str, np.ndarray], load: Loader) -> dict[str, np.ndarray]:
+    """Read the files named in ``source`` into ``shard``/``state`` columns: pass 1 loads input rows as fresh
+    states, later passes read the states an earlier pass saved."""
+    shards, states = [], []
+    for name, source, turn, params in zip(batch["shard"], batch["source"], batch["turn"], batch["params"]):
+        if turn == 1:
+            rows = [json.dumps(s, ensure_ascii=False) for s in load(source, json.loads(params))]
+        else:
+            rows = storage.read_parquet(source).column("state").to_pylist()
+        states += rows
+        shards += [name] * len(rows)
+    return {"shard": np.array(shards, dtype=object), "state": np.array(states, dtype=object)}
+
+
+def read(items: list[dict[str, Any]], load: Loader):
+    """One light task per file rather than ``ray.data.read_parquet``: its file-listing task asks for a whole
+    CPU, which engine actors holding fractional CPUs can starve forever on a small machine."""
+    import ray.data
+
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _load, fn_kwargs={"load": load}, batch_size=1, num_cpus=LIGHT_CPUS
+    )
+
+
+def work_file(out: str, turn: int, shard: str) -> str:
+    """Where the states of ``shard`` after ``turn`` wait for its next pass."""
+    return storage.join(out, "work", f"turn-{turn}", shard)
+
+
+def is_committed(out: str, manifest: dict[str, Any], name: str) -> bool:
+    done = manifest["shards"].get(name)
+    return done is not None and all(storage.exists(storage.join(out, f)) for f in done["files"])
+
+
+class _Committer:
+    """Collects streamed states per shard; a shard whose states are all in is saved for its next pass or
+    committed: its files (atomic writes), then its stats in the manifest."""
+
+    def __init__(self, out: str, manifest: dict[str, Any], shards: list[Shard], commit: Commit):
+        self.out, self.manifest, self.commit_fn = out, manifest, commit
+        self.by_name = {s.name: s for s in shards}
+        self.buffers: dict[str, list[str]] = defaultdict(list)
+        self.committed: list[str] = []
+
+    def add(self, names: list[str], states: list[str], turn: int) -> None:
+        for name, state in zip(names, states):
+            self.buffers[name].append(state)
+            if len(self.buffers[name]) == self.by_name[name].rows:
+                self.done(name, self.buffers.pop(name), turn)
+
+    def done(self, name: str, states: list[str], turn: int) -> None:
+        if turn < self.by_name[name].turns:
+            table = pa.table({"shard": [name] * len(states), "state": states})
+            storage.write_parquet(table, work_file(self.out, turn, name))
+            return
+        tables, stats = self.commit_fn(name, [json.loads(s) for s in states])
+        files = []
+        for folder, table in tables.items():
+            files.append(posixpath.join(folder, name))
+            storage.write_parquet(table, storage.join(self.out, folder, name))
+        self.manifest["shards"][name] = {**stats, "files": files}
+        runs.save_manifest(self.out, self.manifest)
+        self.committed.append(name)
+
+    def check_drained(self, turn: int) -> None:
+        if self.buffers:
+            missing = {s: self.by_name[s].rows - len(b) for s, b in self.buffers.items()}
+            raise RuntimeError(f"pass {turn}: rows missing from the pipeline output for shards {missing}")
+
+
+def run(
+    cfg: stage.StageConfig,
+    shards: list[Shard],
+    *,
+    load: Loader,
+    pipeline: Pipeline,
+    commit: Commit,
+    models: list[ModelConfig],
+    pools: dict[str, EnginePool] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Open the stage's manifest and process every shard not yet committed; returns the manifest and the
+    names committed by this call. ``pools``: engines the caller started and keeps (keyed by
+    ``engine_key``); by default they are started and stopped here."""
+    out = cfg.out_dir()
+    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    todo = [s for s in shards if not is_committed(out, manifest, s.name)]
+    committer = _Committer(out, manifest, todo, commit)
+    for s in [s for s in todo if s.rows == 0]:  # nothing to send: commit the empty shard now
+        committer.done(s.name, [], s.turns)
+    todo = [s for s in todo if s.rows > 0]
+    if todo:
+        init_ray(cfg.ray_address)
+        own = pools is None
+        pools = start_pools(models) if pools is None else pools
+        try:
+            for turn in range(1, max(s.turns for s in todo) + 1):
+                this = [
+                    s for s in todo if s.turns >= turn and not storage.exists(work_file(out, turn, s.name))
+                ]
+                if not this:
+                    continue
+                items = [
+                    {
+                        "shard": s.name,
+                        "source": s.source if turn == 1 else work_file(out, turn - 1, s.name),
+                        "turn": turn,
+                        "params": json.dumps(s.params),
+                    }
+                    for s in this
+                ]
+                ds = pipeline(read(items, load), turn, pools)
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    committer.add(list(batch["shard"]), list(batch["state"]), turn)
+                committer.check_drained(turn)
+        finally:
+            if own:
+                stop_pools(pools)
+    storage.remove(storage.join(out, "work"))
+    return manifest, committer.committed
+
+
+def totals(manifest: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """Sums of the per-shard stats (every committed shard, or ``names``): numbers added, ``tokens`` per
+    'role/model' added."""
+    picked = [manifest["shards"][n] for n in (manifest["shards"] if names is None else names)]
+    total: defaultdict[str, Any] = defaultdict(int)
+    tokens: dict[str, dict[str, int]] = {}
+    for stats in picked:
+        for key, value in stats.items():
+            if key == "tokens":
+                stage.add_tokens(tokens, value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] += value
+    total["tokens"] = tokens
+    return total
