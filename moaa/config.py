@@ -84,7 +84,29 @@ def hub_id_or_path(value: str) -> str:
     return value
 
 
+def model_source(value: str) -> str:
+    """``hub_id_or_path``, and a local model folder must exist and hold a ``config.json`` (the embedded models
+    are built on first use), so that a wrong path fails when the config is read, not minutes later inside an
+    engine."""
+    value = hub_id_or_path(value)
+    if is_uri(value) or value.startswith("run:") or not os.path.isabs(value):
+        return value
+    from moaa.tiny import is_embedded
+
+    if is_embedded(value):
+        return value
+    if not os.path.isdir(value):
+        raise ValueError(
+            f"no model folder at {value}: give an existing folder in Hugging Face format (config.json, "
+            "weights, tokenizer) or a hub id (owner/name)"
+        )
+    if not os.path.isfile(os.path.join(value, "config.json")):
+        raise ValueError(f"{value} holds no config.json: it is not a model folder in Hugging Face format")
+    return value
+
+
 InputPath = Annotated[str, AfterValidator(absolute)]
+ModelSource = Annotated[str, AfterValidator(model_source)]
 OutputPath = Annotated[str, AfterValidator(output_location)]
 HubIdOrPath = Annotated[str, AfterValidator(hub_id_or_path)]
 

@@ -11,57 +11,108 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 
-from moaa.config import Config, HubIdOrPath
+from moaa.config import Config, ModelSource, UserError, is_uri
 
 
 class SamplingConfig(Config):
-    temperature: float = Field(0.7, description="Sampling temperature (MoA paper: 0.7).")
-    top_p: float = Field(1.0, description="Nucleus sampling mass.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (MoA paper: 0.7); 0: greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass, in (0, 1].")
     max_tokens: int = Field(
-        2048, description="Most tokens generated per answer (clamped to what the context leaves)."
+        2048, ge=1, description="Most tokens generated per answer (clamped to what the context leaves)."
     )
-    seed: int | None = Field(None, description="Per-request seed for reproducible samples; null for random.")
+    seed: int | None = Field(
+        None,
+        description="Per-request seed: the same seed, the same samples. null: samples come from the engine's "
+        "generator, which the model's `seed` seeds, so a rerun of the same job repeats them too.",
+    )
+
+
+# vllm.LLM arguments that have a setting of their own here: engine_kwargs may not set them behind its back.
+OWN_SETTINGS = {
+    "model",
+    "tokenizer",
+    "dtype",
+    "max_model_len",
+    "tensor_parallel_size",
+    "enforce_eager",
+    "gpu_memory_utilization",
+    "seed",
+    "trust_remote_code",
+}
 
 
 class ModelConfig(Config):
     """One model served by a pool of vLLM engines (one Ray Data actor pool)."""
 
-    model: HubIdOrPath = Field(
-        description="Hub id or local path of the weights (vLLM and transformers format)."
+    model: ModelSource = Field(
+        description="Hub id, local folder (HF format: config.json, weights, tokenizer) or a model of this "
+        "run (run:train_sft, run:train_dpo@1)."
     )
     name: str | None = Field(
         None, description="Display name in outputs and summaries; default: last path part."
     )
-    tokenizer: HubIdOrPath | None = Field(None, description="Tokenizer hub id or path if not the model's.")
+    tokenizer: ModelSource | None = Field(None, description="Tokenizer hub id or path if not the model's.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     max_model_len: int | None = Field(
-        None, description="Context length; prompts that do not fit are not sent."
+        None, ge=16, description="Context length; prompts that do not fit are not sent."
     )
-    dtype: str = Field("auto", description="Weights dtype for vLLM ('auto', 'bfloat16', 'float32' on CPU).")
-    tensor_parallel_size: int = Field(1, description="GPUs per engine (tensor parallel).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype for vLLM ('auto', 'bfloat16', 'float16', 'float32')."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the model repository's own Python code (custom architectures). Off: only code "
+        "shipped with transformers/vLLM runs; turn it on only for a model you trust.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallel).")
     num_gpus: float = Field(
-        0, description="GPUs reserved per engine actor; set = tensor_parallel_size on GPU."
+        0, ge=0, description="GPUs reserved per engine actor; set = tensor_parallel_size on GPU."
     )
-    num_cpus: float = Field(1, description="CPUs reserved per engine actor (fractions allowed on CPU).")
-    replicas: int = Field(1, description="Engines (actors) in this model's pool.")
-    batch_size: int = Field(64, description="Rows per map_batches call: one vLLM batch.")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine actor (fractions allowed on CPU).")
+    replicas: int = Field(1, ge=1, description="Engines (actors) in this model's pool.")
+    batch_size: int = Field(64, ge=1, description="Rows per map_batches call: one vLLM batch.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation (required on CPU).")
-    gpu_memory_utilization: float = Field(0.9, description="vLLM's share of GPU memory.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM's share of GPU memory, in (0, 1]."
+    )
     kv_cache_space_gb: float | None = Field(
-        None, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
+        None, gt=0, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
     )
     cpu_threads: int | None = Field(
-        None, description="CPU only: compute threads per engine; null: every core of the node."
+        None, ge=1, description="CPU only: compute threads per engine; null: every core of the node."
     )
     seed: int = Field(0, description="Engine seed.")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM arguments.")
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="Times a batch is sent again when its engine dies mid-request (restarted or "
+        "another replica).",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vllm.LLM arguments (not those with a setting of their own)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        taken = sorted(OWN_SETTINGS & set(self.engine_kwargs))
+        if taken:
+            raise ValueError(
+                f"engine_kwargs may not set {taken}: use the model setting of that name instead "
+                "(e.g. trust_remote_code: true)"
+            )
+        if self.num_gpus == 0 and self.tensor_parallel_size > 1:
+            raise ValueError("tensor_parallel_size > 1 needs GPUs: set num_gpus = tensor_parallel_size")
+        return self
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that decide what this model writes (not its resources or batch size): the part
@@ -118,6 +169,7 @@ class VLLMEngine:
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             seed=cfg.seed,
+            trust_remote_code=cfg.trust_remote_code,
             **cfg.engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -173,8 +225,8 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in todo]
-        params = [self._params(len(ids), sampling, n, structured) for _, ids in todo]
         try:
+            params = [self._params(len(ids), sampling, n, structured) for _, ids in todo]
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
             if len(todo) == 1:
@@ -203,7 +255,10 @@ class EnginePool:
     def __init__(self, cfg: ModelConfig):
         import ray
 
-        actor_cls = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=1)(_EngineActor)
+        # Ray restarts a lost engine (bounded); the batch it was working on is sent again by EngineStage.
+        actor_cls = ray.remote(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=max(1, cfg.max_retries)
+        )(_EngineActor)
         self.cfg = cfg
         self.actors = [actor_cls.remote(cfg) for _ in range(cfg.replicas)]
 
@@ -223,6 +278,74 @@ class EnginePool:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def model_settings(cfg: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, model) of every ``ModelConfig`` inside a config, for messages that name the key."""
+    found: list[tuple[str, str]] = []
+    for name, value in cfg:
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            key = f"{prefix}{name}" + ("" if i is None else f".{i}")
+            if isinstance(item, ModelConfig):
+                found.append((f"{key}.model", item.model))
+            elif isinstance(item, BaseModel):
+                found += model_settings(item, f"{key}.")
+    return found
+
+
+class ModelSourceError(UserError, FileNotFoundError):
+    """A model that cannot be had: the message names the setting and the fix."""
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_sources(settings: list[tuple[str, str]]) -> None:
+    """Before Ray or any engine starts: every hub id must be in the local Hugging Face cache or the hub must
+    be reachable, so that an offline run fails at once with the key named, not after minutes of retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = [
+        (key, value)
+        for key, value in settings
+        if not is_uri(value) and not os.path.isabs(value) and not value.startswith("run:")
+    ]
+    missing = [(k, v) for k, v in hub if not isinstance(try_to_load_from_cache(v, "config.json"), str)]
+    if not missing:
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if not offline and _hub_reachable():
+        return
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from here"
+    raise ModelSourceError(
+        "\n".join(
+            f"{key}: {value!r} is a hub id that is not in the local Hugging Face cache, and {why}; download "
+            f"it first (huggingface-cli download {value}) or give a local model folder"
+            for key, value in missing
+        )
+    )
+
+
+def check_local(models: list[ModelConfig]) -> None:
+    """Every local model folder exists (a run: model is written by an earlier stage; embedded ones are built
+    on first use)."""
+    from moaa.tiny import is_embedded
+
+    for m in models:
+        if not is_uri(m.model) and os.path.isabs(m.model) and not is_embedded(m.model):
+            if not os.path.isdir(m.model):
+                raise ModelSourceError(
+                    f"model {m.display_name}: {m.model} does not exist (yet); a model of this run (run:...) "
+                    "is written by its training stage: run that first (python -m jobs.train_sft ...), or "
+                    "point the setting at another model"
+                )
 
 
 def engine_key(m: ModelConfig) -> str:
@@ -265,6 +388,10 @@ class _EngineActor:
         return self.engine.chat(conversations, sampling=sampling, n=n, structured=structured)
 
 
+class EngineLostError(RuntimeError):
+    """Engines died mid-request more often than ``max_retries`` allows."""
+
+
 class EngineStage:
     """A Ray Data ``map_batches`` callable class that feeds one engine pool: rows carry a JSON ``state``
     column; ``build(state)`` gives the conversation to send (None passes the row through untouched), an
@@ -289,25 +416,62 @@ class EngineStage:
         structured: dict[str, Any] | None = None,
         multi: bool = False,
         sampling: SamplingConfig | None = None,
+        max_retries: int = 3,
     ):
         self.actors, self.build, self.apply, self.n, self.structured = actors, build, apply, n, structured
-        self.multi, self.sampling = multi, sampling
+        self.multi, self.sampling, self.max_retries = multi, sampling, max_retries
         self.next = random.randrange(len(actors))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _chat(self, convs: list) -> tuple[list[Completion], int]:
+        """One engine call; when the engine dies mid-request (its node lost, the process killed) the same
+        request goes again, to the restarted engine or another replica, up to ``max_retries`` times."""
         import ray
 
+        retries = 0
+        while True:
+            actor = self.actors[self.next % len(self.actors)]
+            self.next += 1
+            try:
+                call = actor.chat.remote(convs, sampling=self.sampling, n=self.n, structured=self.structured)
+                return ray.get(call), retries
+            except ray.exceptions.RayActorError as e:
+                retries += 1
+                if retries > self.max_retries:
+                    raise EngineLostError(
+                        f"an engine died mid-request {retries} times (max_retries {self.max_retries}): {e}"
+                    ) from None
+                print(
+                    f"[engine] an engine died mid-request; sending the batch again "
+                    f"({retries}/{self.max_retries})"
+                )
+                self._wait_for_an_engine()
+
+    def _wait_for_an_engine(self, timeout_s: float = 900) -> None:
+        """Until one engine answers: a killed one is restarted by Ray (and reloads its weights)."""
+        import ray
+
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            for i in range(len(self.actors)):
+                actor = self.actors[(self.next + i) % len(self.actors)]
+                try:
+                    ray.get(actor.ready.remote(), timeout=max(1.0, min(30.0, deadline - time.time())))
+                    self.next = (self.next + i) % len(self.actors)
+                    return
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    continue
+            time.sleep(1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         states = [json.loads(s) for s in batch["state"]]
         todo = [(s, conv) for s in states if (conv := self.build(s)) is not None]
         if self.multi:
             todo = [(s, convs) for s, convs in todo if convs]
         if todo:
-            actor = self.actors[self.next % len(self.actors)]
-            self.next += 1
             convs = [c for _, row in todo for c in (row if self.multi else [row])]
-            completions = ray.get(
-                actor.chat.remote(convs, sampling=self.sampling, n=self.n, structured=self.structured)
-            )
+            completions, retries = self._chat(convs)
+            if retries:  # counted once per batch: the number of times a request was sent again
+                todo[0][0]["engine_retries"] = todo[0][0].get("engine_retries", 0) + retries
             start = 0
             for state, row in todo:
                 if self.multi:

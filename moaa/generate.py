@@ -79,15 +79,22 @@ class GenerateSFTConfig(StageConfig):
     def in_dir(self) -> str:
         return self.input_dir or layout.prompts_dir(self.runs_dir, self.run_id)
 
+    def proposer_models(self) -> list[ModelConfig]:
+        """The proposers, ``run:`` references resolved (a model of an earlier round can propose)."""
+        return [layout.resolve_engine(m, self.runs_dir, self.run_id, self.round) for m in self.proposers]
+
+    def aggregator_model(self) -> ModelConfig:
+        return layout.resolve_engine(self.aggregator, self.runs_dir, self.run_id, self.round)
+
     def models(self) -> list[ModelConfig]:
-        return [*self.proposers, self.aggregator]
+        return [*self.proposer_models(), self.aggregator_model()]
 
     def fingerprint(self) -> str:
         """Hash of what decides the rows' content (models, sampling, layers, prompt, input), not of
         resources or batch sizes: a rerun on a bigger cluster still resumes."""
         data = {
-            "proposers": [m.output_settings() for m in self.proposers],
-            "aggregator": self.aggregator.output_settings(),
+            "proposers": [m.output_settings() for m in self.proposer_models()],
+            "aggregator": self.aggregator_model().output_settings(),
             "layers": self.layers,
             "keep_prompts": self.keep_prompts,
             "prompt": hashlib.sha256(prompts.AGGREGATE_AND_SYNTHESIZE.encode()).hexdigest(),
@@ -123,9 +130,10 @@ def build_turn_pipeline(ds, turn: int, pools: dict[str, EnginePool], cfg: Genera
     """One turn of MoA over a dataset of states: every proposer of every proposer layer, then the
     aggregator."""
     for layer in range(1, cfg.layers):
-        for model in cfg.proposers:
+        for model in cfg.proposer_models():
             ds = _step(ds, pools, model, turn=turn, layer=layer, final=False, keep=cfg.keep_prompts)
-    return _step(ds, pools, cfg.aggregator, turn=turn, layer=cfg.layers, final=True, keep=cfg.keep_prompts)
+    aggregator = cfg.aggregator_model()
+    return _step(ds, pools, aggregator, turn=turn, layer=cfg.layers, final=True, keep=cfg.keep_prompts)
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -187,7 +195,7 @@ def run(cfg: GenerateSFTConfig, pools: dict[str, EnginePool] | None = None) -> S
         load=load_prompts,
         pipeline=partial(build_turn_pipeline, cfg=cfg),
         commit=partial(
-            commit, provenance=stage.provenance(cfg, aggregator_model=cfg.aggregator.display_name)
+            commit, provenance=stage.provenance(cfg, aggregator_model=cfg.aggregator_model().display_name)
         ),
         models=cfg.models(),
         pools=pools,
@@ -206,11 +214,12 @@ def run(cfg: GenerateSFTConfig, pools: dict[str, EnginePool] | None = None) -> S
         metrics={
             "shards": len(manifest["shards"]),
             "shards_this_run": len(committed),
+            "engine_retries": total["engine_retries"],
             "completion_tokens": sum(t["completion_tokens"] for t in total["tokens"].values()),
             "completion_tokens_per_s": round(new_completion / wall, 1) if committed else None,
         },
     )
-    return stage.complete(cfg, manifest, result)
+    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
 
 
 def one_line(s: Summary) -> str:

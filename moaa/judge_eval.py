@@ -175,6 +175,8 @@ def labeled_pairs(path: str, fmt: str = "auto", limit: int | None = None) -> tup
             raise LabeledDataError(
                 f"{path}: row {i} does not fit the {fmt} layout ({type(e).__name__}: {e})"
             ) from None
+    if not rows:
+        raise LabeledDataError(f"{path}: none of its {len(records)} rows has a usable label ({fmt} layout)")
     return rows, skipped
 
 
@@ -313,9 +315,15 @@ def run(cfg: JudgeEvalConfig, pools: dict[str, EnginePool] | None = None) -> Sum
         wall_s=time.time() - t0,
         outputs={mode: storage.join(out, mode) for mode in cfg.modes},
         tokens=tot["tokens"],
-        metrics={"data": cfg.data, "skipped_unlabeled": skipped, "judged_as": jc.mode, "modes": report},
+        metrics={
+            "data": cfg.data,
+            "skipped_unlabeled": skipped,
+            "judged_as": jc.mode,
+            "engine_retries": tot["engine_retries"],
+            "modes": report,
+        },
     )
-    return stage.complete(cfg, manifest, result)
+    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
 
 
 def one_line(s: Summary) -> str:

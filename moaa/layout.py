@@ -13,6 +13,7 @@ and round r's ``train_dpo`` starts from it; round r+1's mixture can list ``run:t
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from moaa import storage
 
@@ -67,3 +68,13 @@ def resolve_model(value: str, runs_dir: str, run_id: str, round: int = 1) -> str
         )
     stage, ref_round = m.group(1), int(m.group(2) or round)
     return output_of(stage_dir(runs_dir, run_id, stage, ref_round), stage)
+
+
+def resolve_engine(m: Any, runs_dir: str, run_id: str, round: int = 1) -> Any:
+    """A ``ModelConfig`` whose model is a ``run:`` reference, with the path filled in and the reference (e.g.
+    ``train_sft-r1``) as its display name unless it has one; any other as it is."""
+    if not is_model_ref(m.model):
+        return m
+    stage, _, ref_round = m.model.removeprefix("run:").partition("@")
+    name = m.name or f"{stage}-r{ref_round or round}"
+    return m.model_copy(update={"model": resolve_model(m.model, runs_dir, run_id, round), "name": name})

@@ -8,7 +8,8 @@ A row's state is a plain dict (carried between Ray Data stages as one JSON strin
     proposals                    every answer of every turn and layer: {turn, layer, model, content,
                                  prompt_tokens, completion_tokens, finish_reason, prompt}; the aggregator's
                                  is the last layer's; prompt (the messages sent) only with keep_prompts
-    error, error_stage           set by the first stage that failed; later stages skip the row
+    error, error_stage           the first failure's message; every model of that layer that failed
+                                 (comma-separated); later layers and turns skip the row
 
 Turns are regenerated in order: turn t's history carries the aggregated answers of turns < t, never the
 dataset's original assistant answers.
@@ -72,8 +73,16 @@ def layer_answers(state: dict[str, Any], turn: int, layer: int) -> list[str]:
     return [p["content"] for p in state["proposals"] if p["turn"] == turn and p["layer"] == layer]
 
 
+def _stage_name(turn: int, layer: int, model: str) -> str:
+    return f"turn{turn}/layer{layer}/{model}"
+
+
 def _pending(state: dict[str, Any], turn: int, layer: int, model: str) -> bool:
-    if state["error"] is not None or turn > state["n_turns"]:
+    if turn > state["n_turns"]:
+        return False
+    # A row that failed in an earlier step goes no further; the other models of the failing layer still
+    # answer it, so that error_stage names every model that failed there (e.g. a prompt too long for all).
+    if state["error"] is not None and not state["error_stage"].startswith(f"turn{turn}/layer{layer}/"):
         return False
     # Idempotent: a row that already holds this stage's answer is not sent again.
     return not any(
@@ -107,8 +116,10 @@ def apply_completion(
     """Record ``model``'s answer at (turn, layer); the final layer's answer becomes the turn's answer.
     ``keep_prompt`` stores the exact messages sent (for audits; it multiplies the output size)."""
     if completion.error is not None:
-        state["error"] = completion.error
-        state["error_stage"] = f"turn{turn}/layer{layer}/{model}"
+        if state["error"] is None:
+            state["error"], state["error_stage"] = completion.error, _stage_name(turn, layer, model)
+        else:
+            state["error_stage"] += ", " + _stage_name(turn, layer, model)
         return
     state["proposals"].append(
         {

@@ -39,7 +39,7 @@ class GenerateDPOConfig(StageConfig):
         None, description="Prompts shards; default: this run's prepare/prompts (moaa/layout.py)."
     )
     limit: int | None = Field(
-        None, ge=0, description="Use only the first N single-turn prompts (shard order)."
+        None, ge=1, description="Use only the first N single-turn prompts (shard order)."
     )
     policy: ModelConfig = Field(
         default_factory=lambda: tiny_engine("tiny-qwen2-a").model_copy(update={"model": "run:train_sft"}),
@@ -66,8 +66,7 @@ class GenerateDPOConfig(StageConfig):
 
     def policy_model(self) -> ModelConfig:
         """The policy with a ``run:`` model reference resolved to this run's model folder."""
-        path = layout.resolve_model(self.policy.model, self.runs_dir, self.run_id, self.round)
-        return self.policy.model_copy(update={"model": path})
+        return layout.resolve_engine(self.policy, self.runs_dir, self.run_id, self.round)
 
     def models(self) -> list[ModelConfig]:
         return [self.policy_model(), *self.judge.models()]
@@ -173,16 +172,12 @@ def plan(cfg: GenerateDPOConfig) -> tuple[list[shards.Shard], int]:
         take = int(min(single, left))
         left -= take
         planned.append(shards.Shard(posixpath.basename(p), p, rows=take, params={"limit": take}))
-    return planned, multi_turn
-
-
-def check_policy(cfg: GenerateDPOConfig) -> None:
-    policy = cfg.policy_model().model
-    if layout.is_model_ref(cfg.policy.model) and not storage.exists(policy):
+    if not any(s.rows for s in planned):
         raise runs.MissingInputError(
-            f"policy.model is {cfg.policy.model} = {policy}, which does not exist yet: run "
-            "`python -m jobs.train_sft` for this run first, or set policy.model=<hub id or path>"
+            f"no single-turn prompts in {in_dir} ({multi_turn} multi-turn rows, which generate_dpo skips): "
+            "give prompts with one user turn"
         )
+    return planned, multi_turn
 
 
 def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
@@ -194,7 +189,6 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> S
     t0 = time.time()
     out = cfg.out_dir()
     planned, multi_turn = plan(cfg)  # inputs are checked before the output folder is touched
-    check_policy(cfg)
     manifest, committed = shards.run(
         cfg,
         planned,
@@ -222,6 +216,7 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> S
             "n": cfg.n,
             "shards": len(manifest["shards"]),
             "shards_this_run": len(committed),
+            "engine_retries": tot["engine_retries"],
             "multi_turn_skipped": multi_turn,
             "pairs": tot["pairs"],
             "ties": tot["ties"],
@@ -235,7 +230,7 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> S
             "pairs_per_min": round(new_pairs / wall * 60, 2) if committed and wall > 0 else None,
         },
     )
-    return stage.complete(cfg, manifest, result)
+    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
 
 
 def _ratio(a: float, b: float, digits: int = 4) -> float | None:

@@ -29,8 +29,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -116,6 +117,12 @@ class PrepareConfig(StageConfig):
         "sources; the later row goes to the quarantine as 'duplicate of <prompt_id>'.",
     )
     rows_per_shard: int = Field(16, ge=1, description="Rows per prompts/part-NNNNN.parquet file.")
+    on_bad_file: Literal["fail", "quarantine"] = Field(
+        "fail",
+        description="An input file that cannot be read (corrupt Parquet, permission denied, ...): 'fail' "
+        "stops before any work with the file named; 'quarantine' sets it aside (a quarantine row with "
+        "row_index -1 and the reason) and goes on with the other files.",
+    )
 
     stage: ClassVar[str] = STAGE
 
@@ -355,16 +362,42 @@ def _read_json(file: str, layout: Layout) -> Iterator[RawRow]:
         yield RawRow(file, index, row, raw, f"column {missing[0]!r} missing" if missing else None)
 
 
+def unreadable(file: str) -> str | None:
+    """Why a data file cannot be read (opened; for Parquet, its footer parsed), or None."""
+    try:
+        fs, p = storage.resolve(file)
+        if file.endswith(".parquet"):
+            with fs.open_input_file(p) as f:
+                pq.ParquetFile(f)
+        else:
+            with fs.open_input_stream(p) as f:
+                f.read(1)
+    except (OSError, pa.ArrowException) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 class Source:
     """One configured input. ``rows()`` can be iterated more than once and yields the same rows each time."""
 
-    def __init__(self, layout: Layout, cfg: SourceConfig) -> None:
+    def __init__(self, layout: Layout, cfg: SourceConfig, on_bad_file: str = "fail") -> None:
         assert cfg.path is not None
         self.layout, self.cfg, self.path = layout, cfg, cfg.path
         self.hub = is_hub_id(cfg.path)
         self._dataset: Any = None
-        # Check the files now, so that a wrong path fails before any work is done.
-        self.files = [] if self.hub else input_files(cfg.path)
+        # Check the files now, so that a wrong path or an unreadable file fails before any work is done.
+        self.files, self.bad_files = [], []
+        for file in [] if self.hub else input_files(cfg.path):
+            reason = unreadable(file)
+            if reason is None:
+                self.files.append(file)
+            elif on_bad_file == "quarantine":
+                self.bad_files.append((file, reason))
+            else:
+                raise PrepareError(
+                    f"{file}: cannot be read ({reason}); fix or remove it, or set on_bad_file=quarantine to "
+                    "set it aside and go on with the other files"
+                )
         self.label = f"{cfg.path}[{cfg.split}]" if self.hub else cfg.path
 
     def _load_hub(self) -> Any:
@@ -393,18 +426,25 @@ class Source:
                 )
             return
         for file in self.files:
-            if file.endswith(".parquet"):
-                yield from _read_parquet(file, self.layout)
-            elif file.endswith(".jsonl"):
-                yield from _read_jsonl(file, self.layout)
-            else:
-                yield from _read_json(file, self.layout)
+            read = (
+                _read_parquet
+                if file.endswith(".parquet")
+                else _read_jsonl
+                if file.endswith(".jsonl")
+                else _read_json
+            )
+            try:
+                yield from read(file, self.layout)
+            except (OSError, pa.ArrowException) as e:  # damage past the part checked up front
+                raise PrepareError(
+                    f"{file}: cannot be read ({type(e).__name__}: {e}); fix or remove it"
+                ) from None
 
 
 def open_sources(cfg: PrepareConfig) -> list[Source]:
     """The configured inputs, UltraFeedback first (earlier rows win dedup), skipping null paths."""
     pairs = [(ULTRAFEEDBACK, cfg.ultrafeedback), (ULTRACHAT, cfg.ultrachat)]
-    sources = [Source(layout, sc) for layout, sc in pairs if sc.path is not None]
+    sources = [Source(layout, sc, cfg.on_bad_file) for layout, sc in pairs if sc.path is not None]
     if not sources:
         raise PrepareError("both ultrafeedback.path and ultrachat.path are null; set at least one")
     return sources
@@ -434,6 +474,7 @@ class SourceScan:
     kept: list[int] = field(default_factory=list)  # positions in rows() order of the usable rows
     drawn: list[int] | None = None  # after subset: the kept positions drawn (sorted); None = all kept
     quarantined: Counter = field(default_factory=Counter)
+    files_quarantined: int = 0  # whole files that could not be read (on_bad_file=quarantine)
 
     @property
     def selected(self) -> list[int]:
@@ -458,6 +499,11 @@ def validate_and_dedup(sources: list[Source], dedup: bool = True) -> Scan:
     scans = []
     for source in sources:
         scan = SourceScan(source.layout.name, source.label)
+        for file, reason in source.bad_files:
+            scan.files_quarantined += 1
+            quarantine.append(
+                {"source_file": file, "row_index": -1, "reason": f"unreadable file: {reason}", "raw": ""}
+            )
         for position, raw in enumerate(source.rows()):
             scan.rows_in += 1
             try:
@@ -551,6 +597,7 @@ def accounting(scan: Scan, shards: dict[str, int]) -> dict[str, Any]:
             "rows_in": s.rows_in,
             "rows_out": len(s.selected),
             "quarantined": q,
+            "files_quarantined": s.files_quarantined,
             "not_sampled": len(s.kept) - len(s.selected),
             "quarantined_by_reason": dict(sorted(s.quarantined.items())),
         }
@@ -559,7 +606,8 @@ def accounting(scan: Scan, shards: dict[str, int]) -> dict[str, Any]:
         "sources": per_source,
         "rows_in": sum(v["rows_in"] for v in per_source.values()),
         "rows_out": sum(shards.values()),
-        "quarantined": len(scan.quarantine),
+        "quarantined": sum(v["quarantined"] for v in per_source.values()),
+        "files_quarantined": sum(v["files_quarantined"] for v in per_source.values()),
         "not_sampled": sum(v["not_sampled"] for v in per_source.values()),
         "quarantined_by_reason": dict(sorted(by_reason.items())),
         "shards": len(shards),
@@ -580,6 +628,13 @@ def run(cfg: PrepareConfig) -> Summary:
     shards = write_shards(sources, scan, out, cfg.rows_per_shard)
     quarantine = write_quarantine(scan, out)
     numbers = accounting(scan, shards)
+    if numbers["rows_out"] == 0:
+        raise PrepareError(
+            f"no prompts to pass on: all {numbers['rows_in']} input rows were quarantined "
+            f"({numbers['quarantined_by_reason'] or 'no rows read'}"
+            + (f", {numbers['files_quarantined']} unreadable file(s)" if numbers["files_quarantined"] else "")
+            + f"); see {quarantine}"
+        )
     # Shard paths are relative to the folder, so that it can be moved or copied.
     manifest["shards"] = {path: {"rows": rows} for path, rows in shards.items()}
     result = stage.summary(
@@ -590,7 +645,7 @@ def run(cfg: PrepareConfig) -> Summary:
         outputs={"prompts": storage.join(out, "prompts"), "quarantine": quarantine},
         metrics=numbers,
     )
-    return stage.complete(cfg, manifest, result)
+    return stage.complete(cfg, manifest, result, usable=result.rows)
 
 
 def one_line(s: Summary) -> str:

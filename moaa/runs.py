@@ -28,11 +28,31 @@ def load_manifest(out_dir: str) -> dict[str, Any] | None:
 
 
 def start_manifest(
-    out_dir: str, stage: str, run_id: str, cfg_hash: str, config: dict[str, Any]
+    out_dir: str,
+    stage: str,
+    run_id: str,
+    cfg_hash: str,
+    config: dict[str, Any],
+    other_work: bool = False,
 ) -> dict[str, Any]:
-    """Open (or reopen, to resume) the manifest of a stage. A folder written with other settings is
-    refused: mixing two configurations in one output would make rows incomparable."""
+    """Open (or reopen, to resume) the manifest of a stage. A folder that holds work committed with other
+    settings is refused: mixing two configurations in one output would make rows incomparable. A failed
+    attempt that committed nothing (no shard in the manifest, and ``other_work`` false: e.g. no training
+    checkpoint) does not lock the folder: its leftovers are cleared and this config starts over."""
     manifest = load_manifest(out_dir)
+    if (
+        manifest is not None
+        and manifest.get("config_hash") != cfg_hash
+        and manifest.get("status") != "complete"
+        and not manifest.get("shards")
+        and not other_work
+    ):
+        print(
+            f"[{stage}] {out_dir}: the earlier attempt (config hash {manifest.get('config_hash')}) committed "
+            f"nothing; starting over with this config ({cfg_hash})"
+        )
+        storage.remove(storage.join(out_dir, "work"))
+        manifest = None
     if manifest is not None:
         check_same_config(out_dir, manifest, stage, cfg_hash)
         manifest["resumed"] = manifest.get("resumed", 0) + 1

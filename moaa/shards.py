@@ -26,7 +26,17 @@ import numpy as np
 import pyarrow as pa
 
 from moaa import runs, stage, storage
-from moaa.engine import EnginePool, EngineStage, ModelConfig, engine_key, start_pools, stop_pools
+from moaa.engine import (
+    EnginePool,
+    EngineStage,
+    ModelConfig,
+    check_local,
+    check_sources,
+    engine_key,
+    model_settings,
+    start_pools,
+    stop_pools,
+)
 
 # Light tasks (reading, caller actors) take little CPU so that engine actors holding fractional CPUs never
 # starve them on a small machine.
@@ -62,7 +72,13 @@ def engine_stage(ds, pools: dict[str, EnginePool], model: ModelConfig, build, ap
     pool = pools[engine_key(model)]
     return ds.map_batches(
         EngineStage,
-        fn_constructor_kwargs={"actors": pool.actors, "build": build, "apply": apply, **stage_kwargs},
+        fn_constructor_kwargs={
+            "actors": pool.actors,
+            "build": build,
+            "apply": apply,
+            "max_retries": model.max_retries,
+            **stage_kwargs,
+        },
         batch_size=model.batch_size,
         # Up to two callers per engine: one batch generating, one queued, so an engine never waits.
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2 * pool.cfg.replicas),
@@ -125,7 +141,9 @@ class _Committer:
             table = pa.table({"shard": [name] * len(states), "state": states})
             storage.write_parquet(table, work_file(self.out, turn, name))
             return
-        tables, stats = self.commit_fn(name, [json.loads(s) for s in states])
+        parsed = [json.loads(s) for s in states]
+        tables, stats = self.commit_fn(name, parsed)
+        stats["engine_retries"] = sum(s.get("engine_retries", 0) for s in parsed)
         files = []
         for folder, table in tables.items():
             files.append(posixpath.join(folder, name))
@@ -153,6 +171,8 @@ def run(
     """Open the stage's manifest and process every shard not yet committed; returns the manifest and the
     names committed by this call. ``pools``: engines the caller started and keeps (keyed by
     ``engine_key``); by default they are started and stopped here."""
+    check_sources(model_settings(cfg))  # before the output folder, Ray or any engine
+    check_local(models)
     out = cfg.out_dir()
     manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
     todo = [s for s in shards if not is_committed(out, manifest, s.name)]

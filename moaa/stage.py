@@ -15,7 +15,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from moaa import __version__, layout, runs, storage
-from moaa.config import Config, OutputPath
+from moaa.config import Config, OutputPath, UserError
+
+
+class EmptyResultError(UserError, RuntimeError):
+    """A stage whose every row failed: there is nothing to pass on."""
 
 
 class StageConfig(Config):
@@ -68,7 +72,10 @@ class Summary(Config):
     rows: int = Field(
         description="Rows the stage passes on (prompts, SFT rows, pairs' prompts, rows trained)."
     )
-    errors: int = Field(description="Rows kept with an error (or quarantined, or skipped for one).")
+    errors: int = Field(
+        description="Rows that failed: kept in the output with their error (generate_*, judge_eval), set "
+        "aside in the quarantine (prepare) or skipped for their error (train_*)."
+    )
     wall_s: float = Field(description="Wall time of the invocation that finished the stage.")
     tokens: dict[str, TokenCount] = Field(
         default_factory=dict, description="Engine tokens per 'role/model' over all of the stage's work."
@@ -126,9 +133,17 @@ def summary(
     )
 
 
-def complete(cfg: StageConfig, manifest: dict[str, Any], result: Summary) -> Summary:
-    """Write ``summary.json``, then mark the manifest complete (the order a killed job can resume from)."""
+def complete(cfg: StageConfig, manifest: dict[str, Any], result: Summary, usable: int) -> Summary:
+    """Write ``summary.json``, then mark the manifest complete (the order a killed job can resume from).
+    ``usable``: the rows the next stage can use; none is an error."""
     out = cfg.out_dir()
+    if usable <= 0:
+        # Nothing to pass on: the job fails (and stays unfinished) rather than hand the next stage nothing.
+        raise EmptyResultError(
+            f"{cfg.stage}: no usable rows: {result.errors} row(s) failed or were set aside (see "
+            f"{', '.join(result.outputs.values())}); fix the cause, then rerun with another run_id or after "
+            f"deleting {out}"
+        )
     storage.write_json(storage.join(out, runs.SUMMARY), result.model_dump(mode="json"))
     runs.finish_manifest(out, manifest, **result.outputs)
     return result

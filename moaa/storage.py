@@ -52,6 +52,18 @@ def list_files(path: str, suffix: str = "") -> list[str]:
     return [join(path, n) for n in names]
 
 
+def list_dirs(path: str) -> list[str]:
+    """Folders directly under a folder (sorted, full paths or URIs); empty if the folder is missing."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return [
+        join(path, n)
+        for n in sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+    ]
+
+
 def read_json(path: str) -> Any:
     fs, p = resolve(path)
     with fs.open_input_stream(p) as f:

@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> None:
         print(p)
 
 
+def is_embedded(path: str) -> bool:
+    """A local path naming one of the embedded models, which moaa builds on first use."""
+    return "://" not in path and Path(path).name in {s.name for s in TINY_MODELS}
+
+
 def ensure_tiny_models(model_paths: list[str]) -> None:
     """Build any missing tiny model named in a config (the embedded default), leave all others alone:
     real runs name hub ids or paths that are simply passed to the engine."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -25,7 +26,8 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from moaa import layout, runs, schemas, stage, storage
-from moaa.config import Config, HubIdOrPath, InputPath, OutputPath, UserError, config_hash
+from moaa.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
+from moaa.engine import check_sources
 from moaa.stage import StageConfig, Summary
 from moaa.tiny import TINY_MODELS, make_tiny_models
 
@@ -101,7 +103,7 @@ class CheckpointSettings(Config):
 class TrainConfig(StageConfig):
     """What SFT and DPO share: data, model, batch arithmetic, optimizer, scaling and checkpoints."""
 
-    model: HubIdOrPath = Field(
+    model: ModelSource = Field(
         TINY_MODEL,
         description="Model to train: hub id, local path (HF format) or a model of this run (run:train_sft, "
         "run:train_dpo@1; moaa/layout.py). The tiny models under models/tiny are built when missing.",
@@ -238,7 +240,7 @@ class TrainSFTConfig(TrainConfig):
 class TrainDPOConfig(TrainConfig):
     """``jobs.train_dpo``: DPO on preference pairs (schemas/preference.json), by default on the SFT model."""
 
-    model: HubIdOrPath = Field(
+    model: ModelSource = Field(
         "run:train_sft",
         description="Policy to train (and the reference's weights): hub id, path, or run:train_sft (this "
         "round's SFT model, the default).",
@@ -554,6 +556,11 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool):
     return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
+def ray_run_name(cfg: TrainConfig) -> str:
+    """A fixed name per run folder: a re-run after a crash finds this run's checkpoints and resumes."""
+    return f"{cfg.stage}-{cfg.run_id}"
+
+
 def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     """Run the TorchTrainer; raises when the run fails after max_failures recoveries."""
     import ray
@@ -569,8 +576,7 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling_config(cfg, use_gpu),
         run_config=RunConfig(
-            # A fixed name per run folder: a re-run after a crash finds this run's checkpoints and resumes.
-            name=f"{cfg.stage}-{cfg.run_id}",
+            name=ray_run_name(cfg),
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
@@ -584,6 +590,7 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
 def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     """Data and model checks on the driver, before Ray or any worker starts."""
     data = check_data(cfg)
+    check_sources([("model", cfg.model_path)])
     ensure_model(cfg.model_path)
     if layout.is_model_ref(cfg.model) and not storage.exists(cfg.model_path):
         raise DataError(
@@ -605,7 +612,16 @@ def run(cfg: TrainConfig) -> Summary:
     start = time.time()
     data = read_and_check(cfg)  # schema, error rows, model: before the output folder or any worker
     out = cfg.out_dir()
-    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    ray_run = storage.join(cfg.storage_path, ray_run_name(cfg))
+    checkpoints = [p for p in storage.list_dirs(ray_run) if posixpath.basename(p).startswith("checkpoint")]
+    manifest = runs.start_manifest(
+        out,
+        cfg.stage,
+        cfg.run_id,
+        cfg.fingerprint(),
+        cfg.model_dump(mode="json"),
+        other_work=bool(checkpoints),
+    )
     metrics = fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
     result = stage.summary(
         cfg,
@@ -618,10 +634,10 @@ def run(cfg: TrainConfig) -> Summary:
             "data": cfg.data_path,
             "rows_total": data["rows_total"],
             **metrics,
-            "ray_storage": storage.join(cfg.storage_path, f"{cfg.stage}-{cfg.run_id}"),
+            "ray_storage": ray_run,
         },
     )
-    return stage.complete(cfg, manifest, result)
+    return stage.complete(cfg, manifest, result, usable=result.rows)
 
 
 def one_line(s: Summary) -> str:

@@ -110,6 +110,8 @@ def test_relative_paths_are_absolute_against_the_folder_the_command_ran_from(tmp
     from moaa.train import TrainSFTConfig
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
     cfg = load_config(GenerateSFTConfig, None, ["input_dir=in/prompts", "proposers.0.model=./my-model"])
     assert cfg.runs_dir == str(tmp_path / "runs")  # the default too
     assert cfg.input_dir == str(tmp_path / "in/prompts")

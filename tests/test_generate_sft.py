@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -176,7 +178,7 @@ def test_over_long_prompt_is_kept_with_its_error(killed_then_resumed):
     rows = {r["prompt_id"]: r for r in _rows(killed_then_resumed["out"])}
     long = rows["long"]
     assert long["error"].startswith("prompt too long:") and "2048" in long["error"]
-    assert long["error_stage"] == "turn1/layer1/tiny-qwen2-a"
+    assert long["error_stage"] == "turn1/layer1/tiny-qwen2-a, turn1/layer1/tiny-llama-b"  # too long for both
     assert long["proposals"] == [] and long["messages"] == []
     assert killed_then_resumed["summary"].errors == 1
 
@@ -271,3 +273,34 @@ def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
     with pytest.raises(schemas.SchemaError, match=r"part-00000.parquet: missing column"):
         generate.run(cfg)
     assert not (tmp_path / "out").exists()  # inputs are checked before the output folder is touched
+
+
+def _kill_a_busy_engine(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first engine actor seen answering a request (Ray names a process by the method it runs)."""
+    while not stop.is_set():
+        for p in psutil.process_iter(["cmdline"]):
+            if any("_EngineActor.chat" in part for part in p.info["cmdline"] or []):
+                p.kill()
+                killed.append(p.pid)
+                return
+        time.sleep(0.02)
+
+
+def test_an_engine_killed_mid_request_is_survived_with_every_row_once(
+    tmp_path, tiny_models, prompts_dir, ray_local
+):
+    cfg = load_config(GenerateSFTConfig, None, _overrides(tiny_models, prompts_dir, tmp_path / "out"))
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_a_busy_engine, args=(killed, stop), daemon=True)
+    watcher.start()
+    try:
+        summary = generate.run(cfg)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert killed, "no busy engine was seen to kill"
+    assert summary.metrics["engine_retries"] >= 1
+    ids = [r["prompt_id"] for r in _rows(tmp_path / "out")]
+    assert sorted(ids) == sorted([f"single{i}" for i in range(6)] + ["chat2", "chat3", "long"])
+    assert summary.rows == 9 and summary.errors == 1  # only the over-long prompt

@@ -124,7 +124,13 @@ def test_rows_past_their_last_turn_or_failed_are_passed_through():
         state, Completion(error="prompt too long: 9 tokens"), [], turn=1, layer=1, model="a", final=False
     )
     assert state["error_stage"] == "turn1/layer1/a"
-    assert moa.build_messages(state, turn=1, layer=1, model="b") is None
+    # the layer's other models still answer, so that every model that fails there is named
+    assert moa.build_messages(state, turn=1, layer=1, model="b") is not None
+    moa.apply_completion(
+        state, Completion(error="prompt too long: 11 tokens"), [], turn=1, layer=1, model="b", final=False
+    )
+    assert state["error_stage"] == "turn1/layer1/a, turn1/layer1/b"
+    assert moa.build_messages(state, turn=1, layer=2, model="agg") is None  # the next layer skips it
     row = moa.to_sft_row(state)
     assert row["error"] == "prompt too long: 9 tokens" and row["messages"] == []
 
