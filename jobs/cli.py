@@ -1,5 +1,6 @@
 """The ``moaa`` console script: ``moaa <job> [--config FILE] [key=value ...]`` runs ``python -m jobs.<job>``;
-``moaa make-tiny-models DIR`` builds the tiny local models."""
+``moaa make-models DIR`` builds the embedded models (SmolLM2-135M-Instruct and the tiny ones),
+``moaa make-tiny-models DIR`` the tiny ones only."""
 
 from __future__ import annotations
 
@@ -16,18 +17,27 @@ JOBS = sorted(
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in {"-h", "--help"}:
-        print("usage: moaa <command> [--config FILE] [key=value ...]\n\ncommands:\n  make-tiny-models DIR")
+        print(
+            "usage: moaa <command> [--config FILE] [key=value ...]\n\ncommands:\n  make-models DIR\n"
+            "  make-tiny-models DIR"
+        )
         for job in JOBS:
             print(f"  {job.replace('_', '-')}")
         raise SystemExit(0 if len(sys.argv) >= 2 else 2)
     name = sys.argv[1].replace("-", "_")
+    if name == "make_models":
+        from moaa.models import main as models_main
+
+        models_main(sys.argv[2:])
+        return
     if name == "make_tiny_models":
         from moaa.tiny import main as tiny_main
 
         tiny_main(sys.argv[2:])
         return
     if name not in JOBS:
-        raise SystemExit(f"moaa: unknown command {sys.argv[1]!r}; known: make-tiny-models, {', '.join(JOBS)}")
+        known = ", ".join(["make-models", "make-tiny-models", *JOBS])
+        raise SystemExit(f"moaa: unknown command {sys.argv[1]!r}; known: {known}")
     sys.argv = [f"jobs.{name}", *sys.argv[2:]]
     runpy.run_module(f"jobs.{name}", run_name="__main__", alter_sys=True)
 

@@ -91,7 +91,7 @@ def model_source(value: str) -> str:
     value = hub_id_or_path(value)
     if is_uri(value) or value.startswith("run:") or not os.path.isabs(value):
         return value
-    from moaa.tiny import is_embedded
+    from moaa.models import is_embedded
 
     if is_embedded(value):
         return value
@@ -236,8 +236,12 @@ def _try_default(cls: type[BaseModel]) -> BaseModel | None:
 
 
 def _merge(base: Any, update: Any) -> Any:
-    """``update`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    """``update`` over ``base``: mappings merge key by key, anything else (lists too) is replaced. A model
+    section that names another model replaces the default's section whole: the default's name, sampling and
+    resources were chosen for its own model."""
     if isinstance(base, dict) and isinstance(update, dict):
+        if "model" in base and "model" in update and update["model"] != base["model"]:
+            return update
         merged = dict(base)
         for key, val in update.items():
             merged[key] = _merge(base[key], val) if key in base else val

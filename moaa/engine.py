@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +30,11 @@ class SamplingConfig(Config):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass, in (0, 1].")
     max_tokens: int = Field(
         2048, ge=1, description="Most tokens generated per answer (clamped to what the context leaves)."
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0,
+        description="vLLM's penalty on tokens already in the prompt or answer (> 1 discourages loops).",
     )
     seed: int | None = Field(
         None,
@@ -92,6 +98,11 @@ class ModelConfig(Config):
         None, ge=1, description="CPU only: compute threads per engine; null: every core of the node."
     )
     seed: int = Field(0, description="Engine seed.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "ERROR",
+        description="vLLM's log level in the engine actors; WARNING or INFO show its start-up and load logs "
+        "(dozens of lines per engine), ERROR keeps the console to Ray Data's progress and moaa's lines.",
+    )
     max_retries: int = Field(
         3,
         ge=0,
@@ -117,7 +128,7 @@ class ModelConfig(Config):
     def output_settings(self) -> dict[str, Any]:
         """The settings that decide what this model writes (not its resources or batch size): the part
         of a job's config hash that makes a rerun with other settings refuse to mix into old output."""
-        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name"}
+        keep = {"model", "tokenizer", "sampling", "max_model_len", "dtype", "name", "seed"}
         return self.model_dump(mode="json", include=keep)
 
     @property
@@ -147,6 +158,9 @@ class VLLMEngine:
     """``vllm.LLM`` with chat rendering, length checks and per-row error isolation."""
 
     def __init__(self, cfg: ModelConfig):
+        os.environ["VLLM_LOGGING_LEVEL"] = cfg.log_level
+        if cfg.log_level == "ERROR":
+            warnings.filterwarnings("ignore", category=FutureWarning)  # vLLM's own deprecation notices
         if cfg.kv_cache_space_gb is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg.kv_cache_space_gb))
         if cfg.num_gpus == 0:
@@ -188,6 +202,7 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=min(sampling.max_tokens, self.max_model_len - prompt_len),
+            repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
             structured_outputs=structured,
         )
@@ -336,7 +351,7 @@ def check_sources(settings: list[tuple[str, str]]) -> None:
 def check_local(models: list[ModelConfig]) -> None:
     """Every local model folder exists (a run: model is written by an earlier stage; embedded ones are built
     on first use)."""
-    from moaa.tiny import is_embedded
+    from moaa.models import is_embedded
 
     for m in models:
         if not is_uri(m.model) and os.path.isabs(m.model) and not is_embedded(m.model):
@@ -351,15 +366,16 @@ def check_local(models: list[ModelConfig]) -> None:
 def engine_key(m: ModelConfig) -> str:
     """Models with the same engine settings share one engine pool, whatever role they play: sampling,
     batch size and display name are per call, not per engine."""
-    return json.dumps(m.model_dump(mode="json", exclude={"sampling", "batch_size", "name"}), sort_keys=True)
+    per_call = {"sampling", "batch_size", "name", "max_retries"}
+    return json.dumps(m.model_dump(mode="json", exclude=per_call), sort_keys=True)
 
 
 def start_pools(models: list[ModelConfig]) -> dict[str, EnginePool]:
     """One engine pool per distinct engine (``engine_key``), all started before any row is read, so that a
     model that cannot load fails the job at once and by name."""
-    from moaa.tiny import ensure_tiny_models
+    from moaa.models import ensure
 
-    ensure_tiny_models([m.model for m in models])
+    ensure([m.model for m in models])
     pools: dict[str, EnginePool] = {}
     for m in models:
         pools.setdefault(engine_key(m), EnginePool(m))

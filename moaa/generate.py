@@ -23,17 +23,12 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from moaa import layout, moa, prompts, runs, schemas, shards, stage, storage
+from moaa import layout, moa, prompts, runs, schemas, shards, smollm, stage, storage
 from moaa.config import InputPath
 from moaa.engine import EnginePool, ModelConfig
 from moaa.stage import Price, StageConfig, Summary
-from moaa.tiny import tiny_engine
 
 STAGE = "generate_sft"
-
-
-def _tiny(name: str) -> ModelConfig:
-    return tiny_engine(name, 0.7, 64, max_model_len=2048, num_cpus=0.5, batch_size=16)
 
 
 class GenerateSFTConfig(StageConfig):
@@ -43,11 +38,17 @@ class GenerateSFTConfig(StageConfig):
         None, description="Prompts shards; default: this run's prepare/prompts (moaa/layout.py)."
     )
     proposers: list[ModelConfig] = Field(
-        default_factory=lambda: [_tiny("tiny-qwen2-a"), _tiny("tiny-llama-b")],
+        # Self-MoA on the embedded model: one model sampled two ways (one engine serves every role).
+        default_factory=lambda: [
+            smollm.engine("smollm2-t0.7", 0.7, 128),
+            smollm.engine("smollm2-t1.0", 1.0, 128, top_p=0.9),
+        ],
         description="Proposer models; every proposer layer uses all of them.",
     )
     aggregator: ModelConfig = Field(
-        default_factory=lambda: _tiny("tiny-qwen2-c"), description="Aggregator model (the last layer)."
+        # Lower temperature and a repetition penalty: without them the 135M aggregator loops on long prompts.
+        default_factory=lambda: smollm.engine("smollm2-aggregator", 0.3, 160, repetition_penalty=1.1),
+        description="Aggregator model (the last layer).",
     )
     layers: int = Field(2, description="MoA layers including the aggregator: 2 = proposers -> aggregator.")
     prices: dict[str, Price] = Field(

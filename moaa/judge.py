@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from moaa import smollm
 from moaa.config import Config
 from moaa.engine import Completion, ModelConfig, SamplingConfig
 from moaa.prompts import (
@@ -40,7 +41,6 @@ from moaa.prompts import (
     JUDGE_SYSTEM,
     SELECT_CRITERIA,
 )
-from moaa.tiny import tiny_engine
 
 JUDGE_PROMPTS = (SELECT_CRITERIA, JUDGE_SYSTEM, JUDGE_PAIR, AGGREGATE_JUDGMENTS, AGGREGATE_JUDGMENTS_USER)
 
@@ -461,12 +461,17 @@ class JudgeConfig(Config):
         description="moa: judges + aggregator judge; jury: judges vote (PoLL); single: judges[0] alone.",
     )
     judges: list[ModelConfig] = Field(
-        default_factory=lambda: [tiny_engine("tiny-llama-b", 1.0), tiny_engine("tiny-qwen2-c", 1.0)],
+        # Sampled, not greedy: a greedy 135M judge gives every pair the same position's verdict, which scores
+        # every candidate the same (no pairs); sampled verdicts at least separate them (at chance level).
+        default_factory=lambda: [
+            smollm.engine("smollm2-judge-t0.7", 0.7, 1),
+            smollm.engine("smollm2-judge-t1.0", 1.0, 1),
+        ],
         description="Judge models (their sampling's temperature/top_p/seed are used; max_tokens is set "
         "from max_evaluation_chars).",
     )
     aggregator: ModelConfig | None = Field(
-        default_factory=lambda: tiny_engine("tiny-qwen2-a", 1.0),
+        default_factory=lambda: smollm.engine("smollm2-judge-aggregator", 1.0, 8),
         description="Aggregator judge (mode moa): reads the judges' evaluations, gives the final verdict.",
     )
     criteria: list[str] = Field(

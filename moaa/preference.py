@@ -22,12 +22,11 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from moaa import judge, layout, runs, schemas, shards, stage, storage
+from moaa import judge, layout, runs, schemas, shards, smollm, stage, storage
 from moaa.config import InputPath
 from moaa.engine import EnginePool, ModelConfig
 from moaa.judge import JudgeConfig
 from moaa.stage import Price, StageConfig, Summary
-from moaa.tiny import tiny_engine
 
 STAGE = "generate_dpo"
 
@@ -42,11 +41,15 @@ class GenerateDPOConfig(StageConfig):
         None, ge=1, description="Use only the first N single-turn prompts (shard order)."
     )
     policy: ModelConfig = Field(
-        default_factory=lambda: tiny_engine("tiny-qwen2-a").model_copy(update={"model": "run:train_sft"}),
+        default_factory=lambda: smollm.engine("policy", 0.8, 128).model_copy(
+            update={"model": "run:train_sft", "name": None}
+        ),
         description="The model that samples the candidates; model run:train_sft (the default) is this "
         "round's SFT model, as in the paper.",
     )
-    n: int = Field(5, description="Candidates sampled per prompt, in one request (MoAA: 5).")
+    n: int = Field(
+        3, description="Candidates sampled per prompt, in one request (MoAA: 5; 3 keeps the CPU demo short)."
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The judge (mode, models, criteria).")
     prices: dict[str, Price] = Field(
         default_factory=dict, description="Optional USD prices per model display name, for the cost estimate."
@@ -230,7 +233,13 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> S
             "pairs_per_min": round(new_pairs / wall * 60, 2) if committed and wall > 0 else None,
         },
     )
-    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
+    why = (
+        f"no pairs: {tot['ties']} of {result.rows} prompts tie, {tot['identical']} have identical "
+        f"candidates, {result.errors} failed; the judge could not tell the candidates apart (position "
+        f"consistency {result.metrics['position_consistency']}: a judge that always picks one position "
+        "scores every candidate the same; sample the judges, or use a stronger judge)"
+    )
+    return stage.complete(cfg, manifest, result, usable=tot["pairs"], why=why)
 
 
 def _ratio(a: float, b: float, digits: int = 4) -> float | None:

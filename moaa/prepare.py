@@ -651,7 +651,8 @@ def run(cfg: PrepareConfig) -> Summary:
 def one_line(s: Summary) -> str:
     """One line for the end of the job's output."""
     m = s.metrics
-    parts = ", ".join(f"{v['rows_out']} {k}" for k, v in m["sources"].items())
+    order = [n for n in ("ultrafeedback", "ultrachat") if n in m["sources"]]  # summary.json sorts its keys
+    parts = ", ".join(f"{m['sources'][k]['rows_out']} {k}" for k in order)
     sampled = f", {m['not_sampled']} not drawn by subset" if m["not_sampled"] else ""
     return (
         f"prepare: {s.rows} prompts in {m['shards']} shards ({parts}), {s.errors} quarantined{sampled} -> "

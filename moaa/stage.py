@@ -133,16 +133,18 @@ def summary(
     )
 
 
-def complete(cfg: StageConfig, manifest: dict[str, Any], result: Summary, usable: int) -> Summary:
+def complete(
+    cfg: StageConfig, manifest: dict[str, Any], result: Summary, usable: int, why: str | None = None
+) -> Summary:
     """Write ``summary.json``, then mark the manifest complete (the order a killed job can resume from).
-    ``usable``: the rows the next stage can use; none is an error."""
+    ``usable``: the rows the next stage can use; none is an error (``why`` says what happened)."""
     out = cfg.out_dir()
     if usable <= 0:
         # Nothing to pass on: the job fails (and stays unfinished) rather than hand the next stage nothing.
+        why = why or f"{result.errors} of {result.rows} row(s) failed or were set aside"
         raise EmptyResultError(
-            f"{cfg.stage}: no usable rows: {result.errors} row(s) failed or were set aside (see "
-            f"{', '.join(result.outputs.values())}); fix the cause, then rerun with another run_id or after "
-            f"deleting {out}"
+            f"{cfg.stage}: nothing to pass on: {why} (see {', '.join(result.outputs.values())}); fix the "
+            f"cause, then rerun with another run_id or after deleting {out}"
         )
     storage.write_json(storage.join(out, runs.SUMMARY), result.model_dump(mode="json"))
     runs.finish_manifest(out, manifest, **result.outputs)

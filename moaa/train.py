@@ -25,13 +25,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from moaa import layout, runs, schemas, stage, storage
+from moaa import layout, models, runs, schemas, smollm, stage, storage
 from moaa.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
 from moaa.engine import check_sources
 from moaa.stage import StageConfig, Summary
-from moaa.tiny import TINY_MODELS, make_tiny_models
 
-TINY_MODEL = "models/tiny/tiny-qwen2-a"
 # Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
 # `datasets` hashes TRL's map functions (pages of bytecode in the console); progress bars of weight loading
 # repeat for every worker. Our own progress line is printed by rank 0.
@@ -79,7 +77,7 @@ class ScalingSettings(Config):
 
 class CheckpointSettings(Config):
     save_steps: int = Field(
-        20,
+        50,
         ge=1,
         description="TRL saves a checkpoint every this many optimizer steps; each "
         "is reported to Ray Train (the point a failed run resumes from).",
@@ -104,9 +102,10 @@ class TrainConfig(StageConfig):
     """What SFT and DPO share: data, model, batch arithmetic, optimizer, scaling and checkpoints."""
 
     model: ModelSource = Field(
-        TINY_MODEL,
+        smollm.PATH,
         description="Model to train: hub id, local path (HF format) or a model of this run (run:train_sft, "
-        "run:train_dpo@1; moaa/layout.py). The tiny models under models/tiny are built when missing.",
+        "run:train_dpo@1; moaa/layout.py). The embedded models (models/smollm2/..., models/tiny/...) are "
+        "built when missing.",
     )
     data: InputPath | None = Field(
         None,
@@ -118,8 +117,8 @@ class TrainConfig(StageConfig):
         default_factory=CheckpointSettings, description="Checkpoints, faults."
     )
 
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
-    num_epochs: float = Field(2, gt=0, description="Passes over the data (ignored when max_steps > 0).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW).")
+    num_epochs: float = Field(1, gt=0, description="Passes over the data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Optimizer steps to run; -1: num_epochs decides.")
     per_device_batch_size: int = Field(
         2, ge=1, description="Sequences (or packed blocks) per worker per micro-step."
@@ -138,13 +137,15 @@ class TrainConfig(StageConfig):
         "count cannot reach it exactly.",
     )
     max_length: int = Field(
-        256, ge=8, description="Tokens per sequence (longer ones are truncated); the block size when packing."
+        512, ge=8, description="Tokens per sequence (longer ones are truncated); the block size when packing."
     )
     lr_scheduler_type: str = Field("linear", description="transformers scheduler name (linear, cosine, ...).")
     warmup_steps: float = Field(0.0, ge=0, description=">= 1: warmup steps; < 1: fraction of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="'auto': bf16 on GPU, fp32 on CPU."
+        "auto",
+        description="bf16: bf16 compute (on GPU bf16 weights; on CPU fp32 weights under bf16 autocast, so "
+        "that small updates are not lost). 'auto': bf16 on GPU and on CPUs with AVX512-BF16, else fp32.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward (saves memory)."
@@ -245,7 +246,7 @@ class TrainDPOConfig(TrainConfig):
         description="Policy to train (and the reference's weights): hub id, path, or run:train_sft (this "
         "round's SFT model, the default).",
     )
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate (AdamW).")
     beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
     loss_type: str = Field("sigmoid", description="TRL DPO loss type: sigmoid (DPO), ipo, hinge, robust, ...")
     reference: Literal["frozen_copy", "precomputed"] = Field(
@@ -298,13 +299,6 @@ def load_rows(files: list[str], columns: tuple[str, ...]) -> pa.Table:
     tables = [storage.read_parquet(f, columns=[*columns, "error"]) for f in files]
     table = pa.concat_tables(tables)
     return table.filter(pc.is_null(table.column("error"))).select(list(columns))
-
-
-def ensure_model(path: str) -> None:
-    """Build the tiny models when the embedded default points at one that is not there yet."""
-    p = Path(path)
-    if not storage.is_uri(path) and not p.exists() and p.name in {s.name for s in TINY_MODELS}:
-        make_tiny_models(p.parent)
 
 
 # -- the TRL run (a Ray worker, or a plain process for the benchmark) ----------------------------------------
@@ -362,11 +356,15 @@ def run_trl(
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     is_sft = isinstance(cfg, TrainSFTConfig)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
+    bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and (use_gpu or torch.cpu._is_avx512_bf16_supported())
+    )
     train_data = _dataset(load_rows(files, cfg.text_columns))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.model_path, dtype=torch.bfloat16 if bf16 else torch.float32
+        # GPU: bf16 weights (memory for 8B models); CPU: fp32 weights, bf16 autocast, fp32 optimizer updates
+        cfg.model_path,
+        dtype=torch.bfloat16 if bf16 and use_gpu else torch.float32,
     )
 
     class Progress(TrainerCallback):
@@ -453,6 +451,10 @@ def run_trl(
         "epochs": state.epoch,
         "final_loss": _last_loss(state.log_history),
         "losses": [[h["step"], h["loss"]] for h in state.log_history if "loss" in h],
+        # DPO: the chosen-minus-rejected reward margin per logged step (what DPO raises)
+        "reward_margins": [
+            [h["step"], h["rewards/margins"]] for h in state.log_history if "rewards/margins" in h
+        ],
         "tokens_seen": int(state.num_input_tokens_seen),
         "session_tokens": int(session_tokens),
         "train_runtime_s": runtime,
@@ -591,7 +593,7 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     """Data and model checks on the driver, before Ray or any worker starts."""
     data = check_data(cfg)
     check_sources([("model", cfg.model_path)])
-    ensure_model(cfg.model_path)
+    models.ensure([cfg.model_path])
     if layout.is_model_ref(cfg.model) and not storage.exists(cfg.model_path):
         raise DataError(
             f"model is {cfg.model} = {cfg.model_path}, which does not exist yet: run the stage that writes "

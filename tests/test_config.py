@@ -18,7 +18,9 @@ def test_every_job_the_cli_knows_has_shipped_configs_and_no_folder_is_orphaned()
     from jobs.cli import JOBS
 
     assert {p.parent.name for p in SHIPPED} == set(JOBS)
-    assert all({"tiny.yaml"} <= {p.name for p in SHIPPED if p.parent.name == job} for job in JOBS)
+    assert all(
+        {"demo.yaml", "tiny.yaml"} <= {p.name for p in SHIPPED if p.parent.name == job} for job in JOBS
+    )
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -29,8 +31,10 @@ def test_every_shipped_yaml_loads_with_its_jobs_config(path: Path):
     assert isinstance(cfg, job.CONFIG_CLASS)
 
 
-def test_tiny_yaml_is_the_embedded_default():
-    assert load_config(GenerateSFTConfig, ROOT / "configs/generate_sft/tiny.yaml") == GenerateSFTConfig()
+@pytest.mark.parametrize("job", sorted({p.parent.name for p in SHIPPED}))
+def test_demo_yaml_is_the_embedded_default(job):
+    cls = importlib.import_module(f"jobs.{job}").CONFIG_CLASS
+    assert load_config(cls, ROOT / f"configs/{job}/demo.yaml") == cls()
 
 
 def test_paper_yaml_holds_the_paper_setup():
@@ -84,7 +88,7 @@ def test_bad_values_and_bad_overrides_are_refused():
     with pytest.raises(ConfigError, match="not an index"):
         load_config(GenerateSFTConfig, None, ["proposers.7.name=x"])
     with pytest.raises(ConfigError, match="distinct names"):
-        load_config(GenerateSFTConfig, None, ["proposers.1.name=tiny-qwen2-a"])
+        load_config(GenerateSFTConfig, None, ["proposers.1.name=smollm2-t0.7"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(GenerateSFTConfig, "no/such.yaml")
 
@@ -100,7 +104,7 @@ def test_cli_rejects_unknown_keys_with_exit_code_2_and_lists_keys_on_help():
     helped = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "generate-sft", "--help"], capture_output=True, text=True, cwd=ROOT
     )
-    assert helped.returncode == 0 and "aggregator.sampling.temperature (float, 0.7)" in helped.stdout
+    assert helped.returncode == 0 and "aggregator.sampling.temperature (float, 0.3)" in helped.stdout
 
 
 # -- local paths are made absolute in the driver (Ray workers run in other folders) ---------------------
@@ -116,7 +120,9 @@ def test_relative_paths_are_absolute_against_the_folder_the_command_ran_from(tmp
     assert cfg.runs_dir == str(tmp_path / "runs")  # the default too
     assert cfg.input_dir == str(tmp_path / "in/prompts")
     assert cfg.proposers[0].model == str(tmp_path / "my-model")
-    assert cfg.proposers[1].model == str(tmp_path / "models/tiny/tiny-llama-b")  # built on first use
+    assert cfg.proposers[1].model == str(
+        tmp_path / "models/smollm2/SmolLM2-135M-Instruct"
+    )  # built on first use
     train = load_config(TrainSFTConfig, None, ["data=d.parquet", "checkpoint.storage_path=ckpt"])
     assert (train.data, train.checkpoint.storage_path) == (
         str(tmp_path / "d.parquet"),
@@ -153,3 +159,16 @@ def test_a_submitted_ray_job_refuses_a_relative_output_folder(monkeypatch):
     cfg = load_config(GenerateSFTConfig, None, ["runs_dir=/shared/runs", "input_dir=data/prompts"])
     assert cfg.runs_dir == "/shared/runs" and cfg.input_dir.endswith("/data/prompts")
     assert load_config(GenerateSFTConfig, None, ["runs_dir=gs://b/moaa"]).runs_dir == "gs://b/moaa"
+
+
+def test_a_section_naming_another_model_does_not_inherit_the_defaults_settings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("aggregator:\n  model: models/tiny/tiny-qwen2-c\n  max_model_len: 4096\n")
+    cfg = load_config(GenerateSFTConfig, path)
+    default = GenerateSFTConfig().aggregator
+    assert cfg.aggregator.display_name == "tiny-qwen2-c" and default.display_name == "smollm2-aggregator"
+    assert cfg.aggregator.sampling.repetition_penalty == 1.0 != default.sampling.repetition_penalty
+    # the same model: the file's keys merge into the default section
+    path.write_text(f"aggregator:\n  model: {default.model}\n  max_model_len: 4096\n")
+    cfg = load_config(GenerateSFTConfig, path)
+    assert cfg.aggregator.name == "smollm2-aggregator" and cfg.aggregator.max_model_len == 4096

@@ -23,6 +23,7 @@ from moaa.prompts import AGGREGATE_AND_SYNTHESIZE
 from moaa.runs import ResumeError
 
 ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs/generate_sft/tiny.yaml"
 pytestmark = pytest.mark.slow
 
 SINGLE = [f"Name {i} fruits that are red." for i in range(1, 7)]
@@ -81,7 +82,7 @@ def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
     args = _overrides(tiny_models, prompts_dir, out)
     marker = out / "work" / "turn-1" / "part-00001.parquet"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.generate_sft", *args],
+        [sys.executable, "-m", "jobs.generate_sft", "--config", str(TINY), *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -97,7 +98,7 @@ def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
     assert manifest["status"] == "running" and list(manifest["shards"]) == ["part-00000.parquet"]
     first_shard_mtime = (out / "data" / "part-00000.parquet").stat().st_mtime_ns
 
-    cfg = load_config(GenerateSFTConfig, None, args)
+    cfg = load_config(GenerateSFTConfig, TINY, args)
     summary = generate.run(cfg)
     return {"out": out, "summary": summary, "cfg": cfg, "first_shard_mtime": first_shard_mtime}
 
@@ -233,7 +234,7 @@ def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models
     table = pq.read_table(prompts_dir / "part-00001.parquet").slice(0, 1)  # chat2: two turns
     pq.write_table(table, one_shard / "part-00000.parquet")
     cfg = load_config(
-        GenerateSFTConfig, None, _overrides(tiny_models, one_shard, tmp_path / "out", "layers=3")
+        GenerateSFTConfig, TINY, _overrides(tiny_models, one_shard, tmp_path / "out", "layers=3")
     )
     summary = generate.run(cfg)
     assert summary.rows == 1 and summary.errors == 0
@@ -289,7 +290,7 @@ def _kill_a_busy_engine(killed: list[int], stop: threading.Event) -> None:
 def test_an_engine_killed_mid_request_is_survived_with_every_row_once(
     tmp_path, tiny_models, prompts_dir, ray_local
 ):
-    cfg = load_config(GenerateSFTConfig, None, _overrides(tiny_models, prompts_dir, tmp_path / "out"))
+    cfg = load_config(GenerateSFTConfig, TINY, _overrides(tiny_models, prompts_dir, tmp_path / "out"))
     killed: list[int] = []
     stop = threading.Event()
     watcher = threading.Thread(target=_kill_a_busy_engine, args=(killed, stop), daemon=True)

@@ -219,7 +219,7 @@ def test_shipped_configs_load():
     from moaa.preference import GenerateDPOConfig
 
     root = Path(__file__).resolve().parent.parent
-    assert GenerateDPOConfig().n == 5 and GenerateDPOConfig().judge.mode == "moa"
+    assert GenerateDPOConfig().n == 3 and GenerateDPOConfig().judge.mode == "moa"
     paper = load_config(GenerateDPOConfig, root / "configs/generate_dpo/paper.yaml")
     assert (paper.n, paper.limit, paper.judge.n_criteria) == (5, 6000, 3)
     tiny = load_config(GenerateDPOConfig, root / "configs/generate_dpo/tiny.yaml")

@@ -67,19 +67,16 @@ def test_the_layout_wires_rounds_in_one_place():
 def test_one_model_in_several_roles_is_one_engine():
     from moaa.engine import engine_key
     from moaa.generate import GenerateSFTConfig
+    from moaa.judge_eval import JudgeEvalConfig
 
-    cfg = load_config(
-        GenerateSFTConfig,
-        None,
-        [
-            "proposers.1.model=models/tiny/tiny-qwen2-a",
-            "proposers.1.name=qwen-hot",
-            "proposers.1.sampling.temperature=1.0",
-            "aggregator.model=models/tiny/tiny-qwen2-a",
-            "aggregator.max_model_len=2048",
-        ],
-    )
-    assert len({engine_key(m) for m in cfg.models()}) == 1
+    # the embedded default: two proposers and the aggregator are one model sampled three ways
+    sft = GenerateSFTConfig()
+    assert len({m.display_name for m in sft.models()}) == 3
+    assert len({engine_key(m) for m in sft.models()}) == 1
+    assert len({engine_key(m) for m in JudgeEvalConfig().pass_judge().models()}) == 1
+    # another context length is another engine
+    other = load_config(GenerateSFTConfig, None, ["aggregator.max_model_len=4096"])
+    assert len({engine_key(m) for m in other.models()}) == 2
 
 
 def test_stage_modules_import_no_private_names_of_other_modules():

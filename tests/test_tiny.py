@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moaa.tiny import TINY_MODELS, ensure_tiny_models
+from moaa.models import ensure
+from moaa.tiny import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +60,6 @@ def test_tokenizer_round_trips_any_text_and_marks_assistant_turns(tiny_models):
 
 def test_ensure_builds_only_missing_tiny_models(tmp_path):
     target = tmp_path / "tiny-llama-b"
-    ensure_tiny_models([str(target), str(tmp_path / "not-a-tiny-model"), "org/hub-model"])
+    ensure([str(target), str(tmp_path / "not-a-tiny-model"), "org/hub-model"])
     assert (target / "config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-llama-b"]

@@ -97,7 +97,7 @@ def test_shipped_yaml_loads_and_reports_effective_batch(path: str) -> None:
     cfg = load_config(cls, path)
     line = cfg.batch_line()
     assert line.startswith(f"effective batch {cfg.effective_batch(cfg.scaling.num_workers)} = ")
-    if "tiny" not in path:  # the paper's recipes: effective batch 128 at every allowed worker count
+    if "tiny" not in path and "demo" not in path:  # the paper's recipes: batch 128 at every worker count
         assert {cfg.effective_batch(w) for w in cfg.scaling.worker_counts} == {128}
 
 
