@@ -36,8 +36,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa import runs, schemas, stage, storage
-from moaa.config import Config, HubIdOrPath, UserError, config_hash
+from moaa import benchmarks, runs, schemas, stage, storage
+from moaa.config import Config, HubIdOrPath, InputPath, UserError, config_hash
 from moaa.stage import StageConfig, Summary
 
 STAGE = "prepare"
@@ -117,6 +117,16 @@ class PrepareConfig(StageConfig):
         "sources; the later row goes to the quarantine as 'duplicate of <prompt_id>'.",
     )
     rows_per_shard: int = Field(16, ge=1, description="Rows per prompts/part-NNNNN.parquet file.")
+    decontaminate: list[InputPath] = Field(
+        default_factory=list,
+        description="Benchmark files in their published layout (MT-Bench or Arena-Hard question.jsonl, "
+        "AlpacaEval *.json): prompts whose user turns share a 13-word span with a benchmark prompt are "
+        "listed in contamination.json and counted in the summary (UltraChat is known to overlap public "
+        "benchmarks).",
+    )
+    drop_contaminated: bool = Field(
+        False, description="Set contaminated prompts aside in the quarantine instead of only listing them."
+    )
     on_bad_file: Literal["fail", "quarantine"] = Field(
         "fail",
         description="An input file that cannot be read (corrupt Parquet, permission denied, ...): 'fail' "
@@ -485,17 +495,55 @@ class SourceScan:
 class Scan:
     sources: list[SourceScan]
     quarantine: list[dict[str, Any]]
+    contaminated: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Benchmarks:
+    """The n-gram index of the benchmark prompts that training prompts must not overlap."""
+
+    index: benchmarks.NgramIndex
+    labels: list[str]  # "<folder>/<file>#<row>" of every prompt (two benchmarks name it question.jsonl)
+
+    @classmethod
+    def load(cls, paths: list[str]) -> Benchmarks | None:
+        if not paths:
+            return None
+        prompts, labels = [], []
+        for path in paths:
+            try:
+                found = benchmarks.benchmark_prompts(path)
+            except (OSError, ValueError) as e:
+                raise PrepareError(f"decontaminate: {e}") from None
+            prompts += found
+            name = "/".join(os.path.normpath(path).split(os.sep)[-2:])
+            labels += [f"{name}#{i}" for i in range(len(found))]
+        return cls(benchmarks.ngram_index(prompts), labels)
+
+    def overlap(self, messages: list[dict[str, str]]) -> list[str]:
+        text = "\n".join(m["content"] for m in messages if m["role"] == "user")
+        return [self.labels[j] for j in benchmarks.matches(self.index, text)]
 
 
 def reason_key(reason: str) -> str:
-    """Reasons grouped for the summary: every duplicate counts under 'duplicate'."""
-    return "duplicate" if reason.startswith("duplicate of ") else reason
+    """Reasons grouped for the summary: every duplicate counts under 'duplicate', every contaminated prompt
+    under 'contaminated'."""
+    if reason.startswith("duplicate of "):
+        return "duplicate"
+    return "contaminated" if reason.startswith("contaminated: ") else reason
 
 
-def validate_and_dedup(sources: list[Source], dedup: bool = True) -> Scan:
-    """First pass: every row is either kept (its position is remembered) or quarantined with its reason."""
+def validate_and_dedup(
+    sources: list[Source],
+    dedup: bool = True,
+    bench: Benchmarks | None = None,
+    drop_contaminated: bool = False,
+) -> Scan:
+    """First pass: every row is either kept (its position is remembered) or quarantined with its reason;
+    kept rows that overlap a benchmark are listed (or quarantined with ``drop_contaminated``)."""
     seen: dict[str, str] = {}  # dedup key -> prompt_id of the first row with it
     quarantine: list[dict[str, Any]] = []
+    contaminated: list[dict[str, Any]] = []
     scans = []
     for source in sources:
         scan = SourceScan(source.layout.name, source.label)
@@ -518,6 +566,18 @@ def validate_and_dedup(sources: list[Source], dedup: bool = True) -> Scan:
                         reason = f"duplicate of {seen[key]}"
                     else:
                         seen[key] = prompt_id(messages)
+                hits = bench.overlap(messages) if bench is not None and reason is None else []
+                if hits:
+                    contaminated.append(
+                        {
+                            "prompt_id": prompt_id(messages),
+                            "source": raw.source_file,
+                            "row_index": raw.row_index,
+                            "benchmarks": hits,
+                        }
+                    )
+                    if drop_contaminated:
+                        reason = f"contaminated: shares a 13-word span with {', '.join(hits[:5])}"
             if reason is None:
                 scan.kept.append(position)
                 continue
@@ -526,7 +586,7 @@ def validate_and_dedup(sources: list[Source], dedup: bool = True) -> Scan:
                 {"source_file": raw.source_file, "row_index": raw.row_index, "reason": reason, "raw": raw.raw}
             )
         scans.append(scan)
-    return Scan(scans, quarantine)
+    return Scan(scans, quarantine, contaminated)
 
 
 def draw_subsets(scan: Scan, cfg: PrepareConfig) -> None:
@@ -611,6 +671,7 @@ def accounting(scan: Scan, shards: dict[str, int]) -> dict[str, Any]:
         "not_sampled": sum(v["not_sampled"] for v in per_source.values()),
         "quarantined_by_reason": dict(sorted(by_reason.items())),
         "shards": len(shards),
+        "contaminated": len(scan.contaminated),
     }
 
 
@@ -622,11 +683,16 @@ def run(cfg: PrepareConfig) -> Summary:
     start = time.time()
     out = cfg.out_dir()
     sources = open_sources(cfg)  # paths checked before the output folder is touched
+    bench = Benchmarks.load(cfg.decontaminate)
     manifest = runs.start_manifest(out, STAGE, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
-    scan = validate_and_dedup(sources, dedup=cfg.dedup)
+    scan = validate_and_dedup(sources, cfg.dedup, bench, cfg.drop_contaminated)
     draw_subsets(scan, cfg)
     shards = write_shards(sources, scan, out, cfg.rows_per_shard)
     quarantine = write_quarantine(scan, out)
+    outputs = {"prompts": storage.join(out, "prompts"), "quarantine": quarantine}
+    if cfg.decontaminate:
+        outputs["contamination"] = storage.join(out, "contamination.json")
+        storage.write_json(outputs["contamination"], scan.contaminated)
     numbers = accounting(scan, shards)
     if numbers["rows_out"] == 0:
         raise PrepareError(
@@ -642,7 +708,7 @@ def run(cfg: PrepareConfig) -> Summary:
         rows=numbers["rows_out"],
         errors=numbers["quarantined"],
         wall_s=time.time() - start,
-        outputs={"prompts": storage.join(out, "prompts"), "quarantine": quarantine},
+        outputs=outputs,
         metrics=numbers,
     )
     return stage.complete(cfg, manifest, result, usable=result.rows)

@@ -514,3 +514,51 @@ def test_cli_help_lists_nested_keys() -> None:
     proc = _cli("--help")
     assert proc.returncode == 0
     assert "ultrachat.subset (int | None, 5000)" in proc.stdout and "ultrafeedback.path" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ decontamination
+
+SHARED = ROOT.parent / "shared" / "data"
+BENCHMARK_FILES = [
+    SHARED / "mt_bench/question.jsonl",
+    SHARED / "arena_hard/question.jsonl",
+    SHARED / "alpaca_eval/gpt4_1106_preview.model_outputs.json",
+]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+@pytest.mark.parametrize("drop", [False, True])
+def test_prompts_that_overlap_a_benchmark_are_listed_or_set_aside(tmp_path: Path, drop: bool) -> None:
+    question = json.loads((SHARED / "mt_bench/question.jsonl").read_text().splitlines()[0])
+    leaked = {
+        "prompt": "x",
+        "prompt_id": "leak",
+        "messages": [{"role": "user", "content": "Hi. " + question["turns"][0]}],
+    }
+    near = " ".join(question["turns"][0].split()[:12])  # 12 words: below the 13-word span
+    kept = {"prompt": "y", "prompt_id": "near", "messages": [{"role": "user", "content": near}]}
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text(json.dumps(leaked) + "\n" + json.dumps(kept) + "\n")
+    overrides = {"ultrachat.path": str(chats), "decontaminate": [str(p) for p in BENCHMARK_FILES]}
+    out = tmp_path / "out"
+    summary = main(cfg_for(out, drop_contaminated=drop, **overrides))
+    listed = storage.read_json(str(out / "contamination.json"))
+    # MT-Bench's first question; AlpacaEval's row 801 holds the same text (the benchmarks overlap too)
+    assert len(listed) == 1 and summary["contaminated"] == 1
+    assert listed[0]["benchmarks"][0] == "mt_bench/question.jsonl#0" and listed[0]["row_index"] == 0
+    quarantine = storage.read_parquet(str(out / "quarantine.parquet")).to_pylist()
+    dropped = [r for r in quarantine if r["reason"].startswith("contaminated: ")]
+    assert len(dropped) == int(drop) and summary["sources"]["ultrachat"]["rows_out"] == 2 - int(drop)
+    if drop:
+        assert (
+            "mt_bench/question.jsonl#0" in dropped[0]["reason"]
+            and summary["quarantined_by_reason"]["contaminated"] == 1
+        )
+
+
+def test_an_unreadable_benchmark_file_is_named_before_any_output(tmp_path: Path) -> None:
+    bad = tmp_path / "bench.jsonl"
+    bad.write_text('{"question": "?"}\n')
+    with pytest.raises(PrepareError, match=r"decontaminate: .*bench.jsonl.*not a benchmark layout"):
+        main(cfg_for(tmp_path / "out", decontaminate=[str(bad)]))
+    assert not (tmp_path / "out").exists()
