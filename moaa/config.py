@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from moaa.storage import is_uri
+
 T = TypeVar("T", bound="Config")
 
 
@@ -48,10 +50,6 @@ class Config(BaseModel):
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # A Hugging Face hub id: one "owner/name" (or a bare name), no leading "." or "/".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def absolute(path: str) -> str:

@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from moaa.config import Config, ModelSource, UserError, is_uri
+from moaa.config import Config, ModelSource, UserError
+from moaa.storage import is_uri
 
 
 class SamplingConfig(Config):

@@ -213,9 +213,7 @@ def run(cfg: GenerateSFTConfig, pools: dict[str, EnginePool] | None = None) -> S
         tokens=total["tokens"],
         prices=cfg.prices,
         metrics={
-            "shards": len(manifest["shards"]),
-            "shards_this_run": len(committed),
-            "engine_retries": total["engine_retries"],
+            **shards.progress(manifest, committed),
             "completion_tokens": sum(t["completion_tokens"] for t in total["tokens"].values()),
             "completion_tokens_per_s": round(new_completion / wall, 1) if committed else None,
         },

@@ -289,7 +289,7 @@ def run(cfg: JudgeEvalConfig, pools: dict[str, EnginePool] | None = None) -> Sum
     out = cfg.out_dir()
     planned, skipped = plan(cfg)  # the labeled file is checked before the output folder is touched
     jc = cfg.pass_judge()
-    manifest, _ = shards.run(
+    manifest, committed = shards.run(
         cfg,
         planned,
         load=load_pairs,
@@ -319,7 +319,7 @@ def run(cfg: JudgeEvalConfig, pools: dict[str, EnginePool] | None = None) -> Sum
             "data": cfg.data,
             "skipped_unlabeled": skipped,
             "judged_as": jc.mode,
-            "engine_retries": tot["engine_retries"],
+            **shards.progress(manifest, committed),
             "modes": report,
         },
     )

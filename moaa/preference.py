@@ -217,9 +217,7 @@ def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> S
         metrics={
             "judge_mode": cfg.judge.mode,
             "n": cfg.n,
-            "shards": len(manifest["shards"]),
-            "shards_this_run": len(committed),
-            "engine_retries": tot["engine_retries"],
+            **shards.progress(manifest, committed),
             "multi_turn_skipped": multi_turn,
             "pairs": tot["pairs"],
             "ties": tot["ties"],

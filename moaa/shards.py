@@ -211,6 +211,15 @@ def run(
     return manifest, committer.committed
 
 
+def progress(manifest: dict[str, Any], committed: list[str]) -> dict[str, int]:
+    """The summary metrics every shard stage reports: shards done, done by this call, batches re-sent."""
+    return {
+        "shards": len(manifest["shards"]),
+        "shards_this_run": len(committed),
+        "engine_retries": totals(manifest)["engine_retries"],
+    }
+
+
 def totals(manifest: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
     """Sums of the per-shard stats (every committed shard, or ``names``): numbers added, ``tokens`` per
     'role/model' added."""
