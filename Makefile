@@ -46,6 +46,7 @@ bench: install
 	$(PY) bench/generate_throughput.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/judge_throughput.py
+	$(PY) bench/evaluate_throughput.py
 
 clean:
 	rm -rf runs .cache

@@ -149,6 +149,9 @@ class Completion:
     completion_tokens: list[int] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    # The first generated token's top log-probabilities (token text -> logprob) of the first sample, when
+    # they were asked for: an AlpacaEval-style judge reads its preference from them.
+    first_logprobs: dict[str, float] | None = None
 
     @property
     def text(self) -> str:
@@ -195,7 +198,9 @@ class VLLMEngine:
         # The template already holds any BOS; adding special tokens again would double it.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _params(self, prompt_len: int, sampling: SamplingConfig, n: int, structured: Any):
+    def _params(
+        self, prompt_len: int, sampling: SamplingConfig, n: int, structured: Any, logprobs: int | None
+    ):
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -206,17 +211,22 @@ class VLLMEngine:
             repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
             structured_outputs=structured,
+            logprobs=logprobs,
         )
 
     def chat(
         self,
         conversations: list[list[dict[str, str]]],
-        sampling: SamplingConfig | None = None,
+        sampling: SamplingConfig | list[SamplingConfig] | None = None,
         n: int = 1,
         structured: Any = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
-        """Answer every conversation; never raises for a bad row (the row's ``error`` says why)."""
-        sampling = sampling or self.cfg.sampling
+        """Answer every conversation; never raises for a bad row (the row's ``error`` says why).
+        ``sampling``: one for all, or one per conversation; ``logprobs``: return the first token's top-k."""
+        samplings = (
+            sampling if isinstance(sampling, list) else [sampling or self.cfg.sampling] * len(conversations)
+        )
         results = [Completion() for _ in conversations]
         todo: list[tuple[int, list[int]]] = []
         for i, conv in enumerate(conversations):
@@ -234,15 +244,15 @@ class VLLMEngine:
                 continue
             todo.append((i, ids))
         if todo:
-            self._generate(todo, results, sampling, n, structured)
+            self._generate(todo, results, samplings, n, structured, logprobs)
         return results
 
-    def _generate(self, todo, results, sampling, n, structured) -> None:
+    def _generate(self, todo, results, samplings, n, structured, logprobs) -> None:
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in todo]
         try:
-            params = [self._params(len(ids), sampling, n, structured) for _, ids in todo]
+            params = [self._params(len(ids), samplings[i], n, structured, logprobs) for i, ids in todo]
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
             if len(todo) == 1:
@@ -250,13 +260,16 @@ class VLLMEngine:
                 return
             # Isolate the failing row(s): one bad request must not fail the batch.
             for item in todo:
-                self._generate([item], results, sampling, n, structured)
+                self._generate([item], results, samplings, n, structured, logprobs)
             return
         for (i, _), out in zip(todo, outputs):
             r = results[i]
             r.texts = [o.text for o in out.outputs]
             r.completion_tokens = [len(o.token_ids) for o in out.outputs]
             r.finish_reasons = [str(o.finish_reason) for o in out.outputs]
+            first = out.outputs[0].logprobs if logprobs else None
+            if first:
+                r.first_logprobs = {lp.decoded_token: lp.logprob for lp in first[0].values()}
 
 
 class EnginePool:
@@ -397,12 +410,14 @@ class _EngineActor:
     def ready(self) -> int:
         return self.engine.max_model_len
 
-    def chat(self, conversations, sampling=None, n=1, structured=None) -> list[Completion]:
+    def chat(self, conversations, sampling=None, n=1, structured=None, logprobs=None) -> list[Completion]:
         if structured is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
             structured = StructuredOutputsParams(**structured)
-        return self.engine.chat(conversations, sampling=sampling, n=n, structured=structured)
+        return self.engine.chat(
+            conversations, sampling=sampling, n=n, structured=structured, logprobs=logprobs
+        )
 
 
 class EngineLostError(RuntimeError):
@@ -417,7 +432,9 @@ class EngineStage:
     returns a list of conversations for the row (e.g. every candidate pair a judge compares; empty: nothing
     to send) and ``apply(state, completions, conversations)`` gets them all back in order: all rows' lists
     go to the engine in the same single call, so one prompt's conversations share a batch (and a prefix
-    cache). ``sampling`` overrides the pool model's own (one engine serves calls of different lengths).
+    cache). ``sampling`` overrides the pool model's own (one engine serves calls of different lengths);
+    ``sampling_of(state)`` gives each row its own (e.g. MT-Bench's per-category temperatures); ``logprobs``
+    asks for the first token's top-k log-probabilities (``Completion.first_logprobs``).
 
     A (light) actor class rather than a function because Ray Data fuses consecutive task stages into
     one task, which would run proposer after proposer on the same batch and leave engines idle; stages
@@ -434,12 +451,15 @@ class EngineStage:
         multi: bool = False,
         sampling: SamplingConfig | None = None,
         max_retries: int = 3,
+        sampling_of: Callable[[dict], SamplingConfig] | None = None,
+        logprobs: int | None = None,
     ):
         self.actors, self.build, self.apply, self.n, self.structured = actors, build, apply, n, structured
         self.multi, self.sampling, self.max_retries = multi, sampling, max_retries
+        self.sampling_of, self.logprobs = sampling_of, logprobs
         self.next = random.randrange(len(actors))
 
-    def _chat(self, convs: list) -> tuple[list[Completion], int]:
+    def _chat(self, convs: list, sampling: Any) -> tuple[list[Completion], int]:
         """One engine call; when the engine dies mid-request (its node lost, the process killed) the same
         request goes again, to the restarted engine or another replica, up to ``max_retries`` times."""
         import ray
@@ -449,7 +469,9 @@ class EngineStage:
             actor = self.actors[self.next % len(self.actors)]
             self.next += 1
             try:
-                call = actor.chat.remote(convs, sampling=self.sampling, n=self.n, structured=self.structured)
+                call = actor.chat.remote(
+                    convs, sampling=sampling, n=self.n, structured=self.structured, logprobs=self.logprobs
+                )
                 return ray.get(call), retries
             except ray.exceptions.RayActorError as e:
                 retries += 1
@@ -486,7 +508,10 @@ class EngineStage:
             todo = [(s, convs) for s, convs in todo if convs]
         if todo:
             convs = [c for _, row in todo for c in (row if self.multi else [row])]
-            completions, retries = self._chat(convs)
+            sampling: Any = self.sampling
+            if self.sampling_of is not None:
+                sampling = [self.sampling_of(s) for s, row in todo for _ in (row if self.multi else [row])]
+            completions, retries = self._chat(convs, sampling)
             if retries:  # counted once per batch: the number of times a request was sent again
                 todo[0][0]["engine_retries"] = todo[0][0].get("engine_retries", 0) + retries
             start = 0

@@ -239,3 +239,12 @@ MT_BENCH_SINGLE_MATH_V1_MULTI_TURN = {
 
 <|The End of Assistant A's Conversation with User|>""",
 }
+
+# The MoA judge on a benchmark (evaluate job, judge with an aggregator): the aggregator gets the benchmark's
+# own judge prompt with the judges' outputs appended after this header, and answers in the benchmark's own
+# output format (constrained like the judges'). Ours, in the spirit of MoA's aggregate-and-synthesize prompt
+# above; MoAA does not publish an aggregator-judge prompt for benchmarks.
+AGGREGATE_BENCHMARK_JUDGMENTS = """[Other Judges' Evaluations]
+{evaluations}
+
+The evaluations above were written by other judges for this same task. Some of them may be biased or wrong: check them against the question and the answers, then give your own final judgment, strictly in the output format the task asks for."""  # noqa: E501

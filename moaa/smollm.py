@@ -109,6 +109,7 @@ def engine(
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
     batch_size: int = 32,
+    max_model_len: int = 2048,
 ):
     """An engine config of the embedded model on a laptop CPU. Every role gets the same engine settings, so
     that all roles share one engine (pools are keyed by engine settings, sampling is per call). bfloat16:
@@ -120,7 +121,7 @@ def engine(
         name=name,
         dtype="bfloat16",
         enforce_eager=True,
-        max_model_len=2048,
+        max_model_len=max_model_len,
         kv_cache_space_gb=1,
         num_cpus=0.5,
         batch_size=batch_size,

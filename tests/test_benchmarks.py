@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -508,3 +509,288 @@ def test_judge_prompts_are_verbatim():
             "template": judge[name]["prompt_template"],
         }
         assert judge[name]["output_format"] == "[[rating]]"
+
+
+# ------------------------------------------------------------------------------ AlpacaEval length control
+
+LC_COLUMNS = ("np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline.astype(float)")
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _write_df_gamed(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "index", *B._LC_FILE_COLUMNS[2:]])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _lc_difficulty(i: int) -> float:
+    return (-1.0, 0.5, 1.5, -0.25)[i % 4]
+
+
+def _lc_case(tmp_path: Path, w_len: float, w_diff: float, w_ng: float, gamed_agree: bool = True):
+    """Annotations whose soft preferences the GLM fits exactly: preference - 1 is
+    logistic(w_len * tanh(std_delta_len) + w_diff * difficulty + w_ng) on every row, and the two gamed
+    baselines' rows (not_gamed_baseline False) follow the same length and difficulty weights."""
+    n = 20
+    difficulty = [_lc_difficulty(i) for i in range(n)]
+    # len(output_1) - len(output_2) alternates between -7 and +3 on top of a slow drift.
+    len_1 = [50 + (i % 5) for i in range(n)]
+    len_2 = [len_1[i] + (7 if i % 2 == 0 else -3) + i // 4 for i in range(n)]
+    delta = np.array(len_1, dtype=float) - np.array(len_2, dtype=float)
+    std_delta_len = delta / delta.std(ddof=1)  # the source's pandas .std(): ddof 1
+    annotations = []
+    for i in range(n):
+        z = w_len * math.tanh(std_delta_len[i]) + w_diff * difficulty[i] + w_ng
+        annotations.append(
+            {
+                "instruction": f"instruction {i}",
+                "output_1": "r" * len_1[i],
+                "output_2": "m" * len_2[i],
+                "generator_1": "reference",
+                "generator_2": "model",
+                # one unannotated row: not fitted, but still predicted and averaged, as in the source
+                "preference": None if i == 7 else 1.0 + _sigmoid(z),
+            }
+        )
+    rows = []
+    for model, sdl in (("reference_verbose", -1.3), ("reference_concise", 0.8)):
+        for i in range(n):
+            s = sdl * (1 + (i % 3)) / 2
+            p = _sigmoid(w_len * math.tanh(s) + w_diff * difficulty[i]) if gamed_agree else 0.5
+            rows.append(
+                {
+                    "model": model,
+                    "index": i,
+                    "preference": repr(p),
+                    "std_delta_len": repr(s),
+                    "instruction_difficulty": repr(difficulty[i]),
+                    "not_gamed_baseline": False,
+                }
+            )
+    return annotations, _write_df_gamed(tmp_path / "df_gamed.csv", rows), difficulty
+
+
+def test_alpaca_lc_win_rate_recovers_the_glm_it_was_made_from(tmp_path):
+    w = {
+        "np.tanh(std_delta_len)": -1.5,
+        "instruction_difficulty": 0.8,
+        "not_gamed_baseline.astype(float)": -1.2,
+    }
+    annotations, path, difficulty = _lc_case(tmp_path, *w.values())
+    out = B.alpaca_lc_win_rate(annotations, path)
+
+    # The data are consistent, so held-out loss keeps falling with C, the CV picks a C large enough that
+    # the L1 penalty is negligible, and the fit returns the weights the preferences were made from.
+    assert out["glm_C"] >= 1000
+    for key, value in w.items():
+        assert out["glm_weights"][key] == pytest.approx(value, abs=2e-3), key
+    # LC: the prediction at equal length for every row (the unannotated one too), averaged.
+    equal_length = np.array([_sigmoid(w[LC_COLUMNS[1]] * d + w[LC_COLUMNS[2]]) for d in difficulty])
+    assert out["length_controlled_winrate"] == pytest.approx(100 * equal_length.mean(), abs=0.01)
+    sem = 100 * equal_length.std(ddof=1) / math.sqrt(len(equal_length))
+    assert out["lc_standard_error"] == pytest.approx(sem, rel=0.01)
+    # The raw win rate is get_winrate's, over the 19 annotated rows.
+    assert out["n_total"] == 19
+    assert out["win_rate"] == pytest.approx(
+        B.alpaca_win_rate(a["preference"] for a in annotations)["win_rate"]
+    )
+    # The model is the longer one on most rows and the length weight favours the longer output, so
+    # controlling for length lowers its win rate.
+    assert out["win_rate"] > out["length_controlled_winrate"] + 10
+
+
+def test_alpaca_lc_win_rate_length_and_regularization(tmp_path):
+    # Constant difficulty k and no gamed signal: w_diff * k + w_ng is all that is identified, and LC is
+    # the logistic of the mean logit of the two length groups whatever the split.
+    annotations, path, _ = _lc_case(tmp_path, -1.5, 0.8, -1.2, gamed_agree=False)
+    noreg = B.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_noreg")
+    v1 = B.alpaca_lc_win_rate(annotations, path)
+    # noreg fits the model's rows alone, so it recovers the weights; v1 adds the gamed rows (weight
+    # 0.2 / 2 each), which here say "length does not matter" and pull the length weight toward 0.
+    assert noreg["glm_weights"][LC_COLUMNS[0]] == pytest.approx(-1.5, abs=2e-3)
+    assert -1.5 + 0.05 < v1["glm_weights"][LC_COLUMNS[0]] < 0
+    assert abs(v1["length_controlled_winrate"] - noreg["length_controlled_winrate"]) > 0.1
+    # Every group of identical rows is fitted as well as the weighted likelihood allows, so the CV again
+    # picks a large C and v1 is the unpenalized weighted fit: gamed rows weigh 0.2 / 2, the model's 1.
+    assert v1["glm_C"] >= 1000
+    gamed = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+    x_g = [[math.tanh(float(r["std_delta_len"])), float(r["instruction_difficulty"]), 0.0] for r in gamed]
+    delta = np.array([len(a["output_1"]) - len(a["output_2"]) for a in annotations], dtype=float)
+    sdl = delta / delta.std(ddof=1)
+    x_m = [[math.tanh(sdl[i]), float(_lc_difficulty(i)), 1.0] for i in range(len(annotations))]
+    fitted = [i for i, a in enumerate(annotations) if a["preference"] is not None]
+    x = np.array(x_g + [x_m[i] for i in fitted])
+    y = np.array([float(r["preference"]) for r in gamed] + [annotations[i]["preference"] - 1 for i in fitted])
+    sw = np.array([0.1] * len(gamed) + [1.0] * len(fitted))
+    beta = np.zeros(3)
+    for _ in range(50):  # Newton's method on the weighted soft-label log likelihood
+        q = 1 / (1 + np.exp(-(x @ beta)))
+        beta -= np.linalg.solve((x * (sw * q * (1 - q))[:, None]).T @ x, x.T @ (sw * (q - y)))
+    for key, value in zip(LC_COLUMNS, beta):
+        assert v1["glm_weights"][key] == pytest.approx(value, abs=2e-3), key
+    at_equal_length = [_sigmoid(beta[1] * _lc_difficulty(i) + beta[2]) for i in range(len(annotations))]
+    assert v1["length_controlled_winrate"] == pytest.approx(100 * np.mean(at_equal_length), abs=0.01)
+
+    # Equal length on average and the same difficulty everywhere: half the rows 0.8 (model longer), half
+    # 0.4 (model shorter), symmetric lengths. Without the gamed rows LC = logistic(mean logit).
+    n = 20
+    rows = [
+        {
+            "model": "g",
+            "index": i,
+            "preference": "",
+            "std_delta_len": "0.5",
+            "instruction_difficulty": "2.0",
+            "not_gamed_baseline": "False",
+        }
+        for i in range(n)
+    ]
+    flat = _write_df_gamed(tmp_path / "flat.csv", rows)
+    sym = [
+        {
+            "instruction": f"i{i}",
+            "output_1": "x" * (10 if i % 2 else 20),
+            "output_2": "y" * (20 if i % 2 else 10),
+            "preference": 1.8 if i % 2 else 1.4,
+        }
+        for i in range(n)
+    ]
+    expected = 100 * _sigmoid((math.log(0.8 / 0.2) + math.log(0.4 / 0.6)) / 2)  # 62.02...
+    out = B.alpaca_lc_win_rate(sym, flat)  # gamed rows without a preference are not fitted
+    assert out["length_controlled_winrate"] == pytest.approx(expected, abs=0.01)
+    assert out["lc_standard_error"] == pytest.approx(0.0, abs=1e-9)
+    assert out["win_rate"] == pytest.approx(60.0)
+
+    # The model compared with itself: the source skips the fit, LC is 50 by construction.
+    same = [dict(a, generator_1="m", generator_2="m") for a in sym]
+    base = B.alpaca_lc_win_rate(same, flat)
+    assert (base["length_controlled_winrate"], base["lc_standard_error"]) == (50.0, 0.0)
+
+
+def _lc_noisy_case(path: Path) -> list[dict]:
+    """60 annotations and 2 x 60 gamed rows that no GLM fits exactly (deterministic sin/cos noise)."""
+    n = 60
+    diff = [((i * 29) % 13 - 6) / 4 for i in range(n)]
+    len_1 = [100 + (i * 37) % 50 for i in range(n)]
+    len_2 = [100 + (i * 53) % 80 for i in range(n)]
+    deltas = [a - b for a, b in zip(len_1, len_2)]
+    mean = sum(deltas) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1))
+    annotations = []
+    for i in range(n):
+        z = -1.3 * math.tanh(deltas[i] / sd) + 0.7 * diff[i] - 0.9 + 1.5 * math.sin(7.3 * i)
+        annotations.append(
+            {
+                "instruction": f"q{i}",
+                "output_1": "a" * len_1[i],
+                "output_2": "b" * len_2[i],
+                "generator_1": "ref",
+                "generator_2": "model",
+                "preference": 1 + round(_sigmoid(z), 6),
+            }
+        )
+    rows = []
+    for g, (sign, bias) in enumerate(((-1, 0.4), (1, -0.5))):
+        for i in range(n):
+            s = sign * (0.3 + ((i * 17) % 9) / 5)
+            p = _sigmoid(-1.6 * math.tanh(s) + 0.7 * diff[i] + bias + math.cos(3.1 * i + g))
+            rows.append(
+                {
+                    "model": f"gamed{g}",
+                    "index": i,
+                    "preference": round(p, 6),
+                    "std_delta_len": s,
+                    "instruction_difficulty": diff[i],
+                    "not_gamed_baseline": False,
+                }
+            )
+    _write_df_gamed(path, rows)
+    return annotations
+
+
+def test_alpaca_lc_win_rate_matches_the_reference_implementation(tmp_path):
+    # Reference: get_length_controlled_winrate(annotations) of tatsu-lab/alpaca_eval @ cd543a1
+    # (glm_winrate.py as is, with hf_hub_download returning this file; scikit-learn 1.4.2, pandas 2.2.3,
+    # patsy, numpy 1.26.4). Its CV scores for C = 2.78, 21.5, 167 are -1.248808, -1.248405, -1.248587:
+    # far enough apart that liblinear's tolerance cannot change the choice.
+    path = tmp_path / "df_gamed.csv"
+    out = B.alpaca_lc_win_rate(_lc_noisy_case(path), path)
+    assert out["glm_C"] == pytest.approx(21.54434690031882)
+    reference = (-1.2460185829798023, 0.4630889841336727, -0.7740464294191552)
+    for key, value in zip(LC_COLUMNS, reference):
+        assert out["glm_weights"][key] == pytest.approx(value, abs=5e-4), key
+    assert out["length_controlled_winrate"] == pytest.approx(32.15119508926963, abs=0.005)
+    assert out["lc_standard_error"] == pytest.approx(1.1994845437585635, abs=0.001)
+    assert out["win_rate"] == pytest.approx(43.12297333333334, abs=1e-9)
+    assert out["lc_extreme_change"]  # the source logs its "very different from the raw one" warning here
+
+
+def test_alpaca_lc_win_rate_rejects_bad_input(tmp_path):
+    annotations, path, _ = _lc_case(tmp_path, -1.5, 0.8, -1.2)
+    with pytest.raises(ValueError, match="annotation row 20: .* has no difficulty"):
+        B.alpaca_lc_win_rate([*annotations, dict(annotations[0])], path)
+    with pytest.raises(ValueError, match="annotation row 3: instruction differs from eval set instruction 3"):
+        B.alpaca_lc_win_rate(
+            annotations, path, eval_set_instructions=[f"instruction {i}" for i in (0, 1, 2, 4)] * 5
+        )
+    with pytest.raises(ValueError, match="annotation row 2: preference 3.0 is outside"):
+        B.alpaca_lc_win_rate(
+            [dict(a, preference=3 if i == 2 else a["preference"]) for i, a in enumerate(annotations)], path
+        )
+    with pytest.raises(ValueError, match="same len"):
+        B.alpaca_lc_win_rate([dict(a, output_1="ab", output_2="a") for a in annotations], path)
+    with pytest.raises(ValueError, match="more than one model"):
+        B.alpaca_lc_win_rate([dict(a, generator_2=f"m{i % 2}") for i, a in enumerate(annotations)], path)
+    with pytest.raises(ValueError, match="glm_name"):
+        B.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_v2")
+    text = path.read_text().splitlines()
+    (tmp_path / "no_difficulty.csv").write_text("\n".join(t.rsplit(",", 2)[0] for t in text) + "\n")
+    with pytest.raises(ValueError, match=r"no_difficulty.csv: not alpaca_eval's df_gamed.csv: columns \["):
+        B.alpaca_lc_win_rate(annotations, tmp_path / "no_difficulty.csv")
+    (tmp_path / "bad_row.csv").write_text(
+        "\n".join([*text[:3], text[3].replace("False", "maybe"), *text[4:]]) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"bad_row.csv: row 2 \(line 4\): not_gamed_baseline 'maybe'"):
+        B.alpaca_lc_win_rate(annotations, tmp_path / "bad_row.csv")
+
+
+# Published in tatsu-lab/alpaca_eval @ cd543a149df8: length_controlled_winrate in the leaderboard CSV and
+# the GLM weights in src/alpaca_eval/metrics/weights/weighted_alpaca_eval_gpt4_turbo/length_controlled_v1/
+# baseline_gpt4_1106_preview.csv (np.tanh(std_delta_len), instruction_difficulty, not_gamed_baseline).
+PUBLISHED_LC_WEIGHTS = {
+    "claude-2.1": (-1.8104339545938817, 0.8304070732099538, -1.3132371282938735),
+    "OpenHermes-2.5-Mistral-7B": (-1.5323319574684169, 1.0358782051369773, -2.2260793286135967),
+}
+LC_DATA = os.environ.get("MOAA_ALPACA_DIFFICULTY")
+
+
+@needs_data
+@pytest.mark.skipif(
+    not LC_DATA,
+    reason="MOAA_ALPACA_DIFFICULTY is not set: it names the df_gamed.csv of the tatsu-lab/alpaca_eval "
+    "dataset on the Hugging Face Hub (instruction difficulty and the gamed baselines' annotations), which "
+    "neither the alpaca_eval GitHub repository nor shared/data holds",
+)
+@pytest.mark.parametrize("model", ["claude-2.1", "OpenHermes-2.5-Mistral-7B"])
+def test_alpaca_lc_win_rate_reproduces_the_leaderboard(model):
+    folder = DATA / "alpaca_eval"
+    with open(folder / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", newline="", encoding="utf-8") as f:
+        board = [row for row in csv.DictReader(f) if f"/results/{model}/model_outputs.json" in row["samples"]]
+    published = float(board[0]["length_controlled_winrate"])
+    annotations = json.loads(
+        (folder / f"{model}.weighted_alpaca_eval_gpt4_turbo.annotations.json").read_text()
+    )
+    reference = B.alpaca_eval_outputs(folder / "gpt4_1106_preview.model_outputs.json")
+    out = B.alpaca_lc_win_rate(
+        annotations, LC_DATA, eval_set_instructions=[o["instruction"] for o in reference]
+    )
+    # liblinear stops at tol 1e-4 and this solver does not, which can flip the CV's choice between two C
+    # whose scores differ by ~1e-6: a few hundredths of a point at most.
+    assert out["length_controlled_winrate"] == pytest.approx(published, abs=0.1)
+    for key, value in zip(LC_COLUMNS, PUBLISHED_LC_WEIGHTS[model]):
+        assert out["glm_weights"][key] == pytest.approx(value, abs=0.03), key
