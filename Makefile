@@ -25,10 +25,16 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import transformers, trl, ray, vllm; print('moaa installed: vllm', vllm.__version__, 'trl', trl.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
-# The embedded default end to end: local Ray, tiny local models, the shipped sample data -> runs/demo/.
+# The embedded default end to end: the whole recipe (jobs.pipeline), 2 rounds, on local Ray, the embedded
+# SmolLM2 and the shipped samples -> runs/demo/ and runs/demo/report.html. The benchmark files come from GitHub
+# at pinned commits (BENCHMARKS_FROM=<folder> copies them from a local mirror instead); DEMO_ARGS takes extra
+# key=value overrides (e.g. DEMO_ARGS=rounds=1).
+DEMO_CONFIG ?= configs/pipeline/demo.yaml
+BENCHMARKS_FROM ?= github
+DEMO_ARGS ?=
 demo: install
-	$(PY) -m jobs.prepare
-	$(PY) -m jobs.generate_sft
+	$(VENV)/bin/moaa fetch-benchmarks --from $(BENCHMARKS_FROM)
+	$(PY) -m jobs.pipeline --config $(DEMO_CONFIG) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -ra
@@ -47,6 +53,7 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/judge_throughput.py
 	$(PY) bench/evaluate_throughput.py
+	$(PY) bench/pipeline_overhead.py
 
 clean:
 	rm -rf runs .cache

@@ -11,7 +11,9 @@ Reads the prompts shards of ``jobs.prepare`` (single-turn rows), samples from th
 (``policy.model=run:train_sft``, the default) and writes ``<runs_dir>/<run_id>/generate_dpo/data/*.parquet``
 (schema ``schemas/preference.json``, read by ``jobs.train_dpo`` as is) with ``manifest.json`` and
 ``summary.json`` beside it. Judge modes: ``moa`` (default), ``jury`` and ``single`` (``judge.mode=...``).
-Rerunning the same command resumes: finished shards are skipped. See docs/judging.md.
+``pairs=moa_sft`` builds the pairs from this round's generate_sft data instead (chosen = the aggregated
+answer, rejected = the proposal the judge ranks worst; no policy is sampled). Rerunning the same command
+resumes: finished shards are skipped. See docs/judging.md.
 """
 
 from moaa import preference

@@ -2,7 +2,8 @@
 weights, so their answers and evaluations are noise; the verdicts are constrained and must all parse).
 
 One MoA-judge run (2 judges + aggregator judge, n=3) over two prompt shards is checked end to end, rerun
-(resume: nothing redone) and its Parquet is trained on by train_dpo as is."""
+(resume: nothing redone) and its Parquet is trained on by train_dpo as is. The moa_sft strategy runs on the
+data of a real tiny generate_sft run (single-turn, multi-turn and failed rows)."""
 
 import json
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import preference, schemas, storage
+from moaa import generate, preference, schemas, storage
 from moaa.config import load_config
+from moaa.engine import start_pools, stop_pools
+from moaa.generate import GenerateSFTConfig
 from moaa.preference import GenerateDPOConfig
+from moaa.runs import ResumeError
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -159,3 +163,110 @@ def test_preference_parquet_trains_in_train_dpo(moa_run, tiny_models, tmp_path):
     )
     result = train_dpo.main(cfg)
     assert result.rows == moa_run["summary"].metrics["pairs"]
+
+
+# ------------------------------------------------------------------------------------- pairs=moa_sft
+
+SFT_QUESTIONS = [*QUESTIONS, "Name a tree.", "Is ice cold?", "Spell cat."]
+
+
+@pytest.fixture(scope="module")
+def moa_sft_run(tmp_path_factory, tiny_models, ray_local):
+    """A tiny generate_sft run (2 proposers + aggregator) in a run folder, then generate_dpo pairs=moa_sft
+    chaining on it by the run layout; the engines are shared (same settings as the tiny judges)."""
+    runs_dir = tmp_path_factory.mktemp("moa_sft")
+    prompts = runs_dir / "prompts"
+    rows = [_row(f"s{i}", [q]) for i, q in enumerate(SFT_QUESTIONS[:4])]
+    storage.write_parquet(schemas.to_table(rows, "prompts"), str(prompts / "part-00000.parquet"))
+    rows = [_row(f"s{i}", [q]) for i, q in enumerate(SFT_QUESTIONS[4:], 4)]
+    rows += [_row("long", [LONG]), _row("multi", ["Hi", "Bye"])]
+    storage.write_parquet(schemas.to_table(rows, "prompts"), str(prompts / "part-00001.parquet"))
+    roles = {"proposers.0": "tiny-qwen2-a", "proposers.1": "tiny-llama-b", "aggregator": "tiny-qwen2-c"}
+    engine = [f"{r}.{k}" for r in roles for k in ("max_model_len=4096", "num_cpus=0.4")]
+    sft_cfg = load_config(
+        GenerateSFTConfig,
+        ROOT / "configs/generate_sft/tiny.yaml",
+        [*(f"{r}.model={tiny_models}/{m}" for r, m in roles.items()), *engine]
+        + [f"input_dir={prompts}", f"runs_dir={runs_dir}", "run_id=test"],
+    )
+    out = runs_dir / "generate_dpo-moa_sft"
+    cfg = _cfg(tiny_models, prompts, out, f"runs_dir={runs_dir}", "pairs=moa_sft")
+    pools = start_pools([*sft_cfg.models(), *cfg.models()])
+    try:
+        assert len(pools) == 3  # the three tiny models, each one engine for every role
+        generate.run(sft_cfg, pools=pools)
+        summary = preference.run(cfg, pools=pools)
+    finally:
+        stop_pools(pools)
+    sft_data = runs_dir / "test/generate_sft/data"
+    return {
+        "out": out,
+        "cfg": cfg,
+        "prompts": prompts,
+        "summary": summary,
+        "rows": pq.read_table(out / "data").to_pylist(),
+        "sft_data": sft_data,
+        "sft": {r["prompt_id"]: r for r in pq.read_table(sft_data).to_pylist()},
+    }
+
+
+def test_moa_sft_keeps_every_sft_row_once_with_the_aggregate_as_chosen(moa_sft_run):
+    rows, sft = moa_sft_run["rows"], moa_sft_run["sft"]
+    assert (
+        sorted(r["prompt_id"] for r in rows)
+        == sorted(sft)
+        == sorted([f"s{i}" for i in range(8)] + ["long", "multi"])
+    )
+    files = sorted(f.name for f in (moa_sft_run["out"] / "data").glob("*.parquet"))
+    assert files == sorted(f.name for f in moa_sft_run["sft_data"].glob("*.parquet"))
+    for f in files:
+        schemas.validate(pq.read_table(moa_sft_run["out"] / "data" / f), "preference", where=f)
+    long = next(r for r in rows if r["prompt_id"] == "long")
+    assert sft["long"]["error"] and long["status"] == "error" and long["error"] == sft["long"]["error"]
+    assert long["error_stage"].startswith("generate_sft/turn1/") and long["chosen"] == []
+    for r in rows:
+        assert r["policy_model"] is None and r["judge_mode"] == "moa"
+        if r["status"] == "error":
+            continue
+        s = sft[r["prompt_id"]]
+        last = [p for p in s["proposals"] if p["turn"] == s["n_turns"] and p["layer"] == 1]
+        assert r["prompt"] == s["messages"][:-1] and r["prompt"][-1]["role"] == "user"
+        assert [c["content"] for c in r["candidates"]] == [s["messages"][-1]["content"]] + [
+            p["content"] for p in last
+        ]
+        assert {t["role"] for t in r["tokens"]} <= {"criteria", "judge", "aggregate"}
+        if r["status"] == "pair":
+            assert r["error"] is None and r["chosen_index"] == 0 and r["rejected_index"] >= 1
+            assert r["chosen"][0]["content"] == s["messages"][-1]["content"]
+            assert r["rejected"][0]["content"] in [p["content"] for p in last]
+            assert r["rejected"][0]["content"] != r["chosen"][0]["content"] and r["score_margin"] > 0
+            assert r["rejected_score"] == min(
+                c["score"] for c in r["candidates"][1:] if c["content"] != r["chosen"][0]["content"]
+            )
+        else:
+            assert r["chosen"] == [] and r["error"].startswith("no pair")
+    multi = next(r for r in rows if r["prompt_id"] == "multi")
+    assert [m["role"] for m in multi["prompt"]] == ["user", "assistant", "user"]
+
+
+def test_moa_sft_summary_has_the_default_keys_and_the_aggregate_top_rate(moa_sft_run, moa_run):
+    s, rows = moa_sft_run["summary"], moa_sft_run["rows"]
+    m = s.metrics
+    assert set(m) == set(moa_run["summary"].metrics)
+    assert m["pairs_strategy"] == "moa_sft" and m["n"] is None and m["multi_turn_skipped"] == 0
+    assert m["pairs"] == sum(r["status"] == "pair" for r in rows) > 0
+    assert s.rows == len(rows) and s.errors == 1 and m["verdict_parse_rate"] == 1.0
+    judged = [r for r in rows if r["status"] in ("pair", "tie")]
+    top = sum(preference.aggregate_on_top(r["candidates"]) for r in judged)
+    assert m["aggregate_top_rate"] == round(top / len(judged), 4)
+    assert not any(k.startswith("policy/") for k in s.tokens)
+    d = moa_run["summary"].metrics
+    assert d["pairs_strategy"] == "policy_samples" and d["aggregate_top_rate"] is None and d["n"] == 3
+    assert all(r["policy_model"] == "tiny-qwen2-a" for r in moa_run["rows"])
+
+
+def test_moa_sft_rerun_does_nothing_and_the_other_strategy_is_refused_there(moa_sft_run):
+    assert preference.run(moa_sft_run["cfg"]) == moa_sft_run["summary"]
+    other = moa_sft_run["cfg"].model_copy(update={"pairs": "policy_samples"})
+    with pytest.raises(ResumeError, match="config hash"):
+        preference.run(other)

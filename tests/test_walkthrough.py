@@ -2,12 +2,11 @@
 root of a fresh copy of the repository (relative paths, shipped configs), each exit code and each output
 checked against its contract. A README change that breaks a command breaks this test.
 
-`make demo` runs as written (prepare + generate_sft on the embedded SmolLM2-135M-Instruct). The later
-stages' `configs/<job>/demo.yaml` (the embedded model, several minutes each on 2 cores) are swapped for
-`configs/<job>/tiny.yaml` (the tiny models, seconds): same jobs, same paths, same chaining; the demo configs'
-content is checked elsewhere (they equal the class defaults; tests/test_smollm.py runs the model).
-`moaa fetch-benchmarks` gets `--from ../shared/data` (the same files, byte for byte): this machine has no
-internet."""
+Two swaps keep it to minutes on 2 cores, both with the same jobs, paths and chaining: `make demo` runs the
+pipeline on `configs/pipeline/tiny.yaml` (the tiny models; the embedded SmolLM2 takes ~15 minutes) with fewer
+prompts, and every `configs/<job>/demo.yaml` becomes `configs/<job>/tiny.yaml`; the demo configs' content is
+checked elsewhere (they equal the class defaults; tests/test_smollm.py runs the model). The benchmark files
+come from ../shared/data (the same files, byte for byte) instead of GitHub: this machine has no internet."""
 
 import json
 import os
@@ -27,20 +26,37 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 pytestmark = pytest.mark.slow
 
-# What each job leaves in runs/demo/, checked after the command that runs it: (path, schema or None).
+# What each job leaves in runs/, checked after the command that runs it: (path, schema or None). The pipeline
+# (make demo) writes run "demo", the stages run alone write run "steps".
 OUTPUTS = {
-    "prepare": [("prepare/prompts", "prompts"), ("prepare/quarantine.parquet", "quarantine")],
-    "generate_sft": [("generate_sft/data", "sft")],
-    "train_sft": [("train_sft/model/config.json", None), ("train_sft/summary.json", None)],
-    "generate_dpo": [("generate_dpo/data", "preference")],
-    "train_dpo": [("train_dpo/model/config.json", None), ("train_dpo/summary.json", None)],
-    "evaluate": [
-        ("evaluate/results.parquet", "eval_results"),
-        ("evaluate/answers/mt_bench/train_dpo-r1", "eval_answers"),
-        ("evaluate/judgments/arena_hard/train_dpo-r1", "eval_judgments"),
+    "pipeline": [
+        ("demo/pipeline/summary.json", None),
+        ("demo/report.html", None),
+        ("demo/generate_sft/data", "sft"),
+        ("demo/round-2/generate_sft/data", "sft"),
+        ("demo/round-2/generate_dpo/data", "preference"),
+        ("demo/round-2/train_dpo/model/config.json", None),
+        ("demo/round-2/evaluate/results.parquet", "eval_results"),
     ],
-    "judge_eval": [("judge_eval/moa", "preference"), ("judge_eval/jury", "preference")],
+    "prepare": [("steps/prepare/prompts", "prompts"), ("steps/prepare/quarantine.parquet", "quarantine")],
+    "generate_sft": [("steps/generate_sft/data", "sft")],
+    "train_sft": [("steps/train_sft/model/config.json", None), ("steps/train_sft/summary.json", None)],
+    "generate_dpo": [("steps/generate_dpo/data", "preference")],
+    "train_dpo": [("steps/train_dpo/model/config.json", None), ("steps/train_dpo/summary.json", None)],
+    "evaluate": [
+        ("steps/evaluate/results.parquet", "eval_results"),
+        ("steps/evaluate/answers/mt_bench/train_dpo-r1", "eval_answers"),
+        ("steps/evaluate/judgments/arena_hard/train_dpo-r1", "eval_judgments"),
+    ],
+    "judge_eval": [("steps/judge_eval/moa", "preference"), ("steps/judge_eval/jury", "preference")],
+    "report": [("steps/report.html", None), ("steps/report.md", None)],
 }
+# make demo on the tiny models, with fewer prompts and a thin slice of each benchmark.
+DEMO_SWAP = (
+    "DEMO_CONFIG=configs/pipeline/tiny.yaml BENCHMARKS_FROM={shared} "
+    "DEMO_ARGS='prepare.ultrafeedback.subset=8 prepare.ultrachat.subset=2 evaluate.mt_bench.per_category=1 "
+    "evaluate.arena_hard.limit=1 evaluate.alpaca_eval.limit=1'"
+)
 
 
 def walkthrough_commands(readme: str) -> list[str]:
@@ -114,12 +130,14 @@ def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the shipped configs set what they need
     commands = walkthrough_commands((ROOT / "README.md").read_text())
-    runs = repo / "runs" / "demo"
+    runs = repo / "runs"
 
     def run(command: str) -> subprocess.CompletedProcess:
         if command.startswith("make "):
             # `make demo` installs first when needed; here the install is the one running this test.
             command = command.replace("make ", "make -o .venv/.moaa-installed ", 1)
+            if command.endswith(" demo"):
+                command += " " + DEMO_SWAP.format(shared=SHARED)
         command = re.sub(r"(configs/\w+/)demo\.yaml", r"\1tiny.yaml", command)
         if "fetch-benchmarks" in command:
             command += f" --from {SHARED}"
@@ -139,7 +157,10 @@ def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(tmp_path):
     # Every stage's summary has the common keys; running the walkthrough again redoes nothing and writes
     # nothing: each stage finds its finished work and returns the stored summary.
     for job in OUTPUTS:
-        summary = json.loads((runs / job / "summary.json").read_text())
+        if job == "report":  # not a stage: it writes no summary
+            continue
+        folder = runs / "demo" / "pipeline" if job == "pipeline" else runs / "steps" / job
+        summary = json.loads((folder / "summary.json").read_text())
         assert set(summary) == set(Summary.model_fields) and summary["stage"] == job
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.rglob("*")}
     for command in commands:

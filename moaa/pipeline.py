@@ -1,0 +1,371 @@
+"""The whole MoAA recipe as one job, with self-improvement rounds:
+
+    prepare (once) -> for each round r: generate_sft -> train_sft -> generate_dpo -> train_dpo -> evaluate
+      -> report (report.html + report.md in the run folder)
+
+Every stage is the stage of its own job (``moaa.generate``, ``moaa.train``, ...), run with its own config,
+which is nested in this one under the stage's name and takes the same dotted overrides
+(``generate_sft.aggregator.sampling.temperature=0.3``). The pipeline sets each stage's run fields
+(``run_id``, ``runs_dir``, ``round``, ``ray_address``), so every stage writes where the run layout says
+(``moaa/layout.py``) and can still be run alone on the same folders.
+
+Self-improvement: round r+1 adds round r's final model (``run:train_dpo@r``) to the mixture as a proposer,
+and, by ``self_improve``, as the aggregator, as one more judge, or as the DPO policy. Evaluation: round 1
+evaluates every configured model; later rounds only this run's models (``run:...``), since the others would
+repeat round 1's work.
+
+Resume: the pipeline's manifest (``<run>/pipeline/manifest.json``) records each finished stage; a rerun of the
+same command skips finished stages (each finds its stored summary) and resumes the unfinished one where it
+stopped. One Ray cluster serves the whole job; engines are started once and kept across consecutive
+generation stages when their settings allow, and stopped before training, which needs the resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from moaa import (
+    evaluate,
+    generate,
+    layout,
+    preference,
+    prepare,
+    report,
+    runs,
+    shards,
+    smollm,
+    stage,
+    storage,
+    train,
+)
+from moaa.config import Config
+from moaa.engine import EnginePool, ModelConfig, engine_key, start_pools, stop_pools
+from moaa.evaluate import EvaluateConfig
+from moaa.generate import GenerateSFTConfig
+from moaa.preference import GenerateDPOConfig
+from moaa.prepare import PrepareConfig
+from moaa.stage import StageConfig, Summary
+from moaa.train import TrainDPOConfig, TrainSFTConfig
+
+STAGE = "pipeline"
+STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate")
+RUN_FIELDS = ("run_id", "runs_dir", "round", "output_dir", "ray_address")
+Stage = Literal["prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate"]
+
+
+class SelfImprove(Config):
+    """Where round r's final model (``run:train_dpo@r``) joins round r+1."""
+
+    proposer: bool = Field(
+        True, description="As one more proposer of generate_sft (MoAA's self-improvement)."
+    )
+    aggregator: bool = Field(
+        False, description="As generate_sft's aggregator (replacing the configured one)."
+    )
+    judge: bool = Field(False, description="As one more judge of generate_dpo's judge.")
+    policy: bool = Field(
+        False, description="As generate_dpo's policy (instead of this round's SFT model, run:train_sft)."
+    )
+
+
+# ------------------------------------------------------------------------------- the embedded default
+# Sized so that two rounds on the embedded SmolLM2 fit in about 15 minutes on 2 CPU cores: fewer prompts and
+# shorter answers than the single jobs' defaults; every stage is otherwise its job's default.
+
+
+def _prepare() -> prepare.PrepareConfig:
+    return prepare.PrepareConfig(
+        ultrafeedback=prepare.UltraFeedbackConfig(subset=20), ultrachat=prepare.UltraChatConfig(subset=4)
+    )
+
+
+def _generate_sft() -> generate.GenerateSFTConfig:
+    return generate.GenerateSFTConfig(
+        proposers=[
+            smollm.engine("smollm2-t0.7", 0.7, 96),
+            smollm.engine("smollm2-t1.0", 1.0, 96, top_p=0.9),
+        ],
+        aggregator=smollm.engine("smollm2-aggregator", 0.3, 128, repetition_penalty=1.1),
+    )
+
+
+def _train_sft() -> train.TrainSFTConfig:
+    return train.TrainSFTConfig(max_length=384)
+
+
+def _generate_dpo() -> preference.GenerateDPOConfig:
+    cfg = preference.GenerateDPOConfig()
+    return cfg.model_copy(
+        update={"policy": cfg.policy.model_copy(update={"sampling": _tokens(cfg.policy, 96)})}
+    )
+
+
+def _train_dpo() -> train.TrainDPOConfig:
+    return train.TrainDPOConfig(max_length=384)
+
+
+def _evaluate() -> evaluate.EvaluateConfig:
+    return evaluate.EvaluateConfig(
+        arena_hard=evaluate.ArenaHard(limit=2), alpaca_eval=evaluate.AlpacaEval(limit=4)
+    )
+
+
+def _tokens(m: ModelConfig, max_tokens: int):
+    return m.sampling.model_copy(update={"max_tokens": max_tokens})
+
+
+class PipelineConfig(StageConfig):
+    """Every stage of the recipe for ``rounds`` rounds. Defaults: two rounds on the embedded SmolLM2 and the
+    shipped samples, sized for about 15 minutes on a 2-core laptop."""
+
+    rounds: int = Field(2, ge=1, description="Self-improvement rounds (round r+1 mixes in round r's model).")
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(STAGES),
+        description="Stages to run, in the recipe's order (drop evaluate to skip it).",
+    )
+    self_improve: SelfImprove = Field(
+        default_factory=SelfImprove, description="Round r's model in round r+1."
+    )
+    report: bool = Field(True, description="Write report.html and report.md into the run folder at the end.")
+    prepare: PrepareConfig = Field(default_factory=_prepare, description="jobs.prepare's config.")
+    generate_sft: GenerateSFTConfig = Field(
+        default_factory=_generate_sft, description="jobs.generate_sft's config (round 1's mixture)."
+    )
+    train_sft: TrainSFTConfig = Field(default_factory=_train_sft, description="jobs.train_sft's config.")
+    generate_dpo: GenerateDPOConfig = Field(
+        default_factory=_generate_dpo, description="jobs.generate_dpo's config."
+    )
+    train_dpo: TrainDPOConfig = Field(default_factory=_train_dpo, description="jobs.train_dpo's config.")
+    evaluate: EvaluateConfig = Field(default_factory=_evaluate, description="jobs.evaluate's config.")
+
+    stage: ClassVar[str] = STAGE
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.round != 1:
+            raise ValueError("round: the pipeline runs rounds 1..rounds; set rounds instead")
+        order = [s for s in STAGES if s in self.stages]
+        if order != list(self.stages) or not order:
+            raise ValueError(f"stages must be some of {list(STAGES)}, in that order, without repeats")
+        for name in STAGES:
+            sub = getattr(self, name)
+            default = type(sub)()
+            moved = [f for f in RUN_FIELDS if getattr(sub, f) != getattr(default, f)]
+            if moved:
+                raise ValueError(
+                    f"{name}.{moved[0]}: the pipeline sets every stage's {', '.join(RUN_FIELDS)}; set "
+                    f"{moved[0]} at the top level"
+                )
+        return self
+
+    def out_dir(self) -> str:
+        return self.output_dir or storage.join(self.runs_dir, self.run_id, STAGE)
+
+    def run_dir(self) -> str:
+        return storage.join(self.runs_dir, self.run_id)
+
+    def stage_config(self, name: str, r: int) -> StageConfig:
+        """Stage ``name`` of round ``r``: its nested config with the run fields set and round r-1's model
+        mixed in as ``self_improve`` says."""
+        base = getattr(self, name)
+        update: dict[str, Any] = {
+            "run_id": self.run_id,
+            "runs_dir": self.runs_dir,
+            "ray_address": self.ray_address,
+            "round": 1 if name == "prepare" else r,
+        }
+        si, policy = self.self_improve, self.generate_dpo.policy
+        if name == "generate_sft" and r > 1:
+            if si.proposer:
+                update["proposers"] = [*base.proposers, previous(policy, base.proposers[0], r)]
+            if si.aggregator:
+                update["aggregator"] = previous(policy, base.aggregator, r)
+        if name == "generate_dpo" and r > 1:
+            if si.judge:
+                judges = [*base.judge.judges, previous(policy, base.judge.judges[0], r)]
+                update["judge"] = base.judge.model_copy(update={"judges": judges})
+            if si.policy:
+                update["policy"] = previous(policy, policy, r)
+        if name == "evaluate" and r > 1:
+            update["models"] = [m for m in base.models if layout.is_model_ref(m.model)]
+        # Validated again: a config built here must pass the same checks as one a user writes.
+        return type(base).model_validate({**base.model_dump(), **_dumped(update)})
+
+    def plan(self) -> list[tuple[int, str]]:
+        """(round, stage) in the order they run: prepare once, the other stages every round."""
+        steps = [(1, "prepare")] if "prepare" in self.stages else []
+        return steps + [(r, s) for r in range(1, self.rounds + 1) for s in self.stages if s != "prepare"]
+
+    def fingerprint(self) -> str:
+        """The stages' own fingerprints, round by round: what decides every output."""
+        data = [(r, s, self.stage_config(s, r).fingerprint()) for r, s in self.plan()]
+        data.append(("self_improve", self.self_improve.model_dump()))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dumped(update: dict[str, Any]) -> dict[str, Any]:
+    def dump(v: Any) -> Any:
+        if isinstance(v, list):
+            return [dump(x) for x in v]
+        return v.model_dump() if isinstance(v, Config) else v
+
+    return {k: dump(v) for k, v in update.items()}
+
+
+def previous(engine: ModelConfig, role: ModelConfig, r: int) -> ModelConfig:
+    """Round r-1's final model in a role: the engine settings of generate_dpo's policy (the model trained is
+    that policy's architecture and size), the role's sampling; named e.g. train_dpo-r1."""
+    return engine.model_copy(
+        update={"model": f"run:train_dpo@{r - 1}", "name": None, "sampling": role.sampling}
+    )
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+
+class Engines:
+    """Engine pools kept across consecutive generation stages: a stage gets the pools of its models, started
+    only where no running pool has the same settings; the pools it does not use are stopped."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, EnginePool] = {}
+
+    def get(self, models: list[ModelConfig]) -> dict[str, EnginePool]:
+        wanted = {engine_key(m): m for m in models}
+        # Engines this stage does not use go first: they hold resources the new ones may need.
+        stop_pools({k: p for k, p in self.pools.items() if k not in wanted})
+        self.pools = {k: p for k, p in self.pools.items() if k in wanted}
+        missing = [m for k, m in wanted.items() if k not in self.pools]
+        if missing:
+            self.pools.update(start_pools(missing))
+        return self.pools
+
+    def stop(self) -> None:
+        stop_pools(self.pools)
+        self.pools = {}
+
+
+def run_stage(name: str, cfg: Any, engines: Engines) -> tuple[Summary, bool]:
+    """One stage with the shared engines (generation) or after releasing them (training); (its summary,
+    whether it had finished before)."""
+    if (done := stage.finished(cfg)) is not None:
+        return done, True
+    if name == "prepare":
+        return prepare.run(cfg), False
+    if name in ("train_sft", "train_dpo"):
+        engines.stop()  # training needs the CPUs/GPUs the engines hold
+        return train.run(cfg), False
+    if name == "generate_sft":
+        return generate.run(cfg, pools=engines.get(cfg.models())), False
+    if name == "generate_dpo":
+        return preference.run(cfg, pools=engines.get(cfg.models())), False
+    return evaluate.run(cfg, pools=engines.get(cfg.all_models())), False
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def run(cfg: PipelineConfig) -> Summary:
+    """Every stage of every round in order (finished ones skipped), then the report."""
+    if (done := stage.finished(cfg)) is not None:
+        return done
+    t0 = time.time()
+    out = cfg.out_dir()
+    plan = cfg.plan()
+    configs = {(r, s): cfg.stage_config(s, r) for r, s in plan}  # every round's configs checked up front
+    before = runs.load_manifest(out) or {}
+    manifest = runs.start_manifest(
+        out,
+        STAGE,
+        cfg.run_id,
+        cfg.fingerprint(),
+        cfg.model_dump(mode="json"),
+        other_work=bool(before.get("stages")),
+    )
+    manifest.setdefault("stages", {})
+    shards.init_ray(cfg.ray_address)
+    engines = Engines()
+    done: list[dict[str, Any]] = []
+    try:
+        for r, name in plan:
+            key = f"round-{r}/{name}"
+            print(f"[pipeline] round {r}/{cfg.rounds}: {name}", flush=True)
+            t = time.time()
+            summary, skipped = run_stage(name, configs[(r, name)], engines)
+            manifest["stages"][key] = {
+                "summary": summary.model_dump(mode="json"),
+                "out": configs[(r, name)].out_dir(),
+            }
+            runs.save_manifest(out, manifest)
+            # wall_s here includes starting the stage's engines, which a stage's own summary leaves out when
+            # the pipeline starts them
+            wall = summary.wall_s if skipped else round(time.time() - t, 2)
+            done.append({"round": r, "stage": name, "skipped": skipped, **_brief(summary), "wall_s": wall})
+    finally:
+        engines.stop()
+    outputs = {"run": cfg.run_dir()}
+    if cfg.report:
+        written = report.write(cfg.run_dir())
+        outputs.update(report_html=str(written["html"]), report_md=str(written["md"]))
+    tokens: dict[str, dict[str, int]] = {}
+    for key, record in manifest["stages"].items():
+        r = key.split("/")[0]
+        counts = {
+            f"{r}/{k}": {n: v for n, v in t.items() if n != "usd"}
+            for k, t in record["summary"]["tokens"].items()
+        }
+        stage.add_tokens(tokens, counts)
+    evaluated = [d for d in done if d["stage"] == "evaluate"]
+    result = stage.summary(
+        cfg,
+        rows=len(done),
+        errors=sum(d["errors"] for d in done),
+        wall_s=time.time() - t0,
+        outputs=outputs,
+        tokens=tokens,
+        metrics={"stages": done, "results": [x for d in evaluated for x in d["results"]]},
+    )
+    result.usd = sum(d["usd"] for d in done)
+    return stage.complete(cfg, manifest, result, usable=len(done))
+
+
+def _brief(s: Summary) -> dict[str, Any]:
+    brief = {"rows": s.rows, "errors": s.errors, "wall_s": s.wall_s, "usd": s.usd}
+    if s.stage == "evaluate":
+        keep = ("model", "benchmark", "score", "lower", "upper", "judged", "parse_rate")
+        brief["results"] = [{k: r[k] for k in keep} for r in s.metrics.get("results", [])]
+        brief["caveat"] = s.metrics.get("caveat")
+    if s.stage == "generate_dpo":
+        brief["pairs_strategy"] = s.metrics.get("pairs_strategy")
+        brief["pairs"] = s.metrics.get("pairs")
+        brief["ties"] = s.metrics.get("ties")
+        brief["position_consistency"] = s.metrics.get("position_consistency")
+    return brief
+
+
+def one_line(s: Summary) -> str:
+    """The stages as they ran, then the last round's evaluation and the report's path."""
+    lines = [
+        f"pipeline: {s.rows} stages in {s.wall_s} s ({s.errors} rows set aside: quarantined, failed or "
+        f"without a pair) -> {s.outputs['run']}"
+    ]
+    for d in s.metrics["stages"]:
+        extra = f", {d['pairs']} pairs, {d['ties']} ties" if d.get("pairs") is not None else ""
+        note = " (already done)" if d["skipped"] else ""
+        lines.append(
+            f"  round {d['round']} {d['stage']:<13} {d['rows']:>5} rows {d['wall_s']:>8} s{extra}{note}"
+        )
+    for r in s.metrics["results"]:
+        score = "-" if r["score"] is None else f"{r['score']:.2f}"
+        interval = "" if r["lower"] is None else f" [{r['lower']:.2f}, {r['upper']:.2f}]"
+        lines.append(f"  {r['model']:<16} {r['benchmark']:<12} {score}{interval}")
+    caveats = {d["caveat"] for d in s.metrics["stages"] if d.get("caveat")}
+    lines += [f"note: {c}" for c in sorted(caveats)]
+    if "report_html" in s.outputs:
+        lines.append(f"report: {s.outputs['report_html']}")
+    return "\n".join(lines)

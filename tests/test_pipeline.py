@@ -1,0 +1,204 @@
+"""pipeline: the per-round stage configs (fast), the paper config's resources, and two rounds of the whole
+recipe on the tiny models with real Ray, vLLM and TRL (slow): every output, round 2's mixture read from its
+outputs, the report, a rerun that writes nothing, and a run killed in round 2 that resumes to the
+same rows."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from moaa import schemas
+from moaa.config import ConfigError, load_config
+from moaa.pipeline import STAGES, PipelineConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+TINY = ROOT / "configs/pipeline/tiny.yaml"
+PAPER = ROOT / "configs/pipeline/paper.yaml"
+
+# Small enough for the test suite: 8 + 2 prompts, a thin slice of each benchmark (copies in ../shared/data).
+FAST = [
+    "prepare.ultrafeedback.subset=8",
+    "prepare.ultrachat.subset=2",
+    "evaluate.mt_bench=null",
+    "evaluate.arena_hard.limit=1",
+    "evaluate.alpaca_eval.limit=1",
+    f"evaluate.arena_hard.questions={SHARED}/arena_hard/question.jsonl",
+    f"evaluate.arena_hard.baseline_answers={SHARED}/arena_hard/model_answer_gpt-4-0314.jsonl",
+    f"evaluate.alpaca_eval.reference_outputs={SHARED}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
+]
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def test_round_two_mixes_in_round_ones_model_as_configured():
+    cfg = load_config(PipelineConfig, TINY, ["run_id=x"])
+    assert cfg.plan()[:2] == [(1, "prepare"), (1, "generate_sft")] and len(cfg.plan()) == 1 + 2 * 5
+    r1, r2 = (cfg.stage_config("generate_sft", r) for r in (1, 2))
+    assert [m.display_name for m in r2.proposer_models()] == [
+        *[m.display_name for m in r1.proposer_models()],
+        "train_dpo-r1",
+    ]
+    assert r2.proposer_models()[-1].model.endswith("x/train_dpo/model") and r2.round == 2
+    assert r2.out_dir().endswith("x/round-2/generate_sft") and r2.run_id == "x"
+    assert cfg.stage_config("prepare", 2).out_dir().endswith("x/prepare")
+    # later rounds evaluate this run's models only: the others' answers would repeat round 1's
+    assert [m.display_name for m in cfg.stage_config("evaluate", 2).answer_models()] == ["train_dpo-r2"]
+    more = load_config(
+        PipelineConfig,
+        TINY,
+        ["self_improve.aggregator=true", "self_improve.judge=true", "self_improve.policy=true"],
+    )
+    sft2, dpo2 = more.stage_config("generate_sft", 2), more.stage_config("generate_dpo", 2)
+    assert sft2.aggregator_model().display_name == "train_dpo-r1"
+    assert [m.display_name for m in dpo2.judge_config().judges][-1] == "train_dpo-r1"
+    assert dpo2.policy_model().display_name == "train_dpo-r1"
+    assert more.fingerprint() != cfg.fingerprint()
+
+
+def test_nested_overrides_reach_the_stages_and_run_fields_stay_the_pipelines():
+    cfg = load_config(PipelineConfig, TINY, ["generate_sft.aggregator.sampling.temperature=0.3"])
+    assert cfg.stage_config("generate_sft", 2).aggregator.sampling.temperature == 0.3
+    with pytest.raises(ConfigError, match="generate_sft.run_id: the pipeline sets"):
+        load_config(PipelineConfig, TINY, ["generate_sft.run_id=other"])
+    with pytest.raises(ConfigError, match="in that order"):
+        load_config(PipelineConfig, TINY, ["stages=[train_sft, generate_sft]"])
+
+
+def test_the_paper_recipe_fits_its_cluster():
+    """Every engine of every round fits one node of cluster/raycluster.yaml, and training uses its GPUs."""
+    cluster = yaml.safe_load((ROOT / "cluster/raycluster.yaml").read_text())
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    gpus_per_node = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    total_gpus = gpus_per_node * group["maxReplicas"]
+    cfg = load_config(PipelineConfig, PAPER)
+    assert cfg.rounds == 2 and list(cfg.stages) == list(STAGES)
+    for r, name in cfg.plan():
+        stage_cfg = cfg.stage_config(name, r)
+        if name in ("generate_sft", "generate_dpo", "evaluate"):
+            models = stage_cfg.all_models() if name == "evaluate" else stage_cfg.models()
+            engines = {}
+            for m in models:
+                assert m.num_gpus == m.tensor_parallel_size <= gpus_per_node, (r, name, m.display_name)
+                engines[m.model] = m.num_gpus * m.replicas
+            assert sum(engines.values()) <= total_gpus, (r, name, engines)
+        if name in ("train_sft", "train_dpo"):
+            s = stage_cfg.scaling
+            assert s.device == "gpu" and s.num_workers <= total_gpus
+            assert stage_cfg.per_device_batch_size * s.num_workers <= stage_cfg.effective_batch_size
+    assert cfg.train_sft.learning_rate == 8e-6 and cfg.train_dpo.beta == 0.01
+    assert cfg.generate_dpo.n == 5 and cfg.generate_dpo.limit == 6000
+
+
+# ------------------------------------------------------------------------------------ real engines
+
+
+def _command(runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.pipeline", "--config", str(TINY), f"runs_dir={runs}", *FAST, *extra]
+
+
+def _rows(run: Path) -> dict[str, set]:
+    """Every row of every data output of the run, by stage folder: prompt ids (and the benchmark rows)."""
+    out = {}
+    for folder, key in [
+        ("prepare/prompts", "prompt_id"),
+        ("generate_sft/data", "prompt_id"),
+        ("generate_dpo/data", "prompt_id"),
+        ("round-2/generate_sft/data", "prompt_id"),
+        ("round-2/generate_dpo/data", "prompt_id"),
+    ]:
+        out[folder] = set(pq.read_table(run / folder, columns=[key]).column(key).to_pylist())
+    for r in ("evaluate", "round-2/evaluate"):
+        t = pq.read_table(run / r / "results.parquet").to_pylist()
+        out[r] = {(x["model"], x["benchmark"], x["questions"]) for x in t}
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("pipeline")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run(_command(runs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return runs / "demo", proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data (benchmark files) not present")
+def test_two_rounds_on_the_tiny_models(pipeline_run):
+    run, stdout = pipeline_run
+    for r in (1, 2):
+        base = run if r == 1 else run / "round-2"
+        for name in STAGES[1:]:
+            assert (base / name / "summary.json").exists(), f"round {r} {name}"
+        for folder, schema in [("generate_sft/data", "sft"), ("generate_dpo/data", "preference")]:
+            for f in (base / folder).glob("*.parquet"):
+                schemas.validate(pq.read_schema(f), schema, where=str(f))
+        assert (base / "train_dpo/model/config.json").exists()
+        schemas.validate(pq.read_schema(base / "evaluate/results.parquet"), "eval_results")
+    # round 2's mixture, read from what round 2 wrote: round 1's DPO model proposed answers
+    rows = pq.read_table(run / "round-2/generate_sft/data").to_pylist()
+    proposers = {p["model"] for row in rows for p in row["proposals"]}
+    assert "train_dpo-r1" in proposers and len(proposers) == 4  # 2 proposers, round 1's model, aggregator
+    assert "train_dpo-r1" not in {
+        p["model"] for row in pq.read_table(run / "generate_sft/data").to_pylist() for p in row["proposals"]
+    }
+    # the report names every stage of every round
+    html, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    for name in STAGES:
+        assert name in html and name in md
+    assert "round-2" in md or "round 2" in md.lower()
+    assert "report: " in stdout and "train_dpo-r2" in stdout
+    # a rerun of the finished pipeline writes nothing
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    again = subprocess.run(
+        _command(run.parent), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data (benchmark files) not present")
+def test_a_run_killed_in_round_two_resumes_to_the_same_rows(pipeline_run, tmp_path):
+    run, _ = pipeline_run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen(
+        _command(tmp_path),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    killed_in = None
+    deadline = time.time() + 1200
+    for line in proc.stdout:
+        # kill once round 2's generate_dpo has started (round 1 and half of round 2 finished)
+        if "[pipeline] round 2/2: generate_dpo" in line:
+            time.sleep(8)
+            killed_in = line.strip()
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline
+    proc.wait(timeout=60)
+    assert killed_in is not None, "the pipeline never reached round 2"
+    assert not (tmp_path / "demo/round-2/evaluate/summary.json").exists()
+    resumed = subprocess.run(
+        _command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    )
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    # round 1's stages and round 2's first ones were skipped, the rest ran
+    for line in ("round 1 prepare", "round 1 train_dpo", "round 2 train_sft"):
+        assert any(line in x and "already done" in x for x in resumed.stdout.splitlines()), line
+    assert _rows(tmp_path / "demo") == _rows(run)
