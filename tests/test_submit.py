@@ -72,15 +72,7 @@ def _free_port() -> int:
 
 # How Ray's processes show up (several rename themselves, e.g. "ray::DashboardAgent", so a temp dir in the
 # command line does not find them all).
-RAY_MARKERS = (
-    "ray::",
-    "raylet",
-    "gcs_server",
-    "ray/dashboard",
-    "ray.util.client",
-    "ray/_private",
-    "ray.scripts",
-)
+RAY_MARKERS = ("ray::", "raylet", "gcs_server", "site-packages/ray/", "ray.util.client", "ray.scripts")
 
 
 def _ray_processes_since(t0: float) -> list[psutil.Process]:
