@@ -194,7 +194,7 @@ class PipelineConfig(StageConfig):
         if name == "evaluate" and r > 1:
             update["models"] = [m for m in base.models if layout.is_model_ref(m.model)]
         # Validated again: a config built here must pass the same checks as one a user writes.
-        return type(base).model_validate({**base.model_dump(), **_dumped(update)})
+        return type(base).model_validate(base.model_copy(update=update).model_dump())
 
     def plan(self) -> list[tuple[int, str]]:
         """(round, stage) in the order they run: prepare once, the other stages every round."""
@@ -206,15 +206,6 @@ class PipelineConfig(StageConfig):
         data = [(r, s, self.stage_config(s, r).fingerprint()) for r, s in self.plan()]
         data.append(("self_improve", self.self_improve.model_dump()))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _dumped(update: dict[str, Any]) -> dict[str, Any]:
-    def dump(v: Any) -> Any:
-        if isinstance(v, list):
-            return [dump(x) for x in v]
-        return v.model_dump() if isinstance(v, Config) else v
-
-    return {k: dump(v) for k, v in update.items()}
 
 
 def previous(engine: ModelConfig, role: ModelConfig, r: int) -> ModelConfig:
