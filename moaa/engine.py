@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from moaa import storage
 from moaa.config import Config, ModelSource, UserError
 from moaa.storage import is_uri
 
@@ -62,8 +63,9 @@ class ModelConfig(Config):
     """One model served by a pool of vLLM engines (one Ray Data actor pool)."""
 
     model: ModelSource = Field(
-        description="Hub id, local folder (HF format: config.json, weights, tokenizer) or a model of this "
-        "run (run:train_sft, run:train_dpo@1)."
+        description="Hub id, local folder (HF format: config.json, weights, tokenizer), s3:// or gs:// URI "
+        "of such a folder (copied to each node's MOAA_CACHE), or a model of this run (run:train_sft, "
+        "run:train_dpo@1)."
     )
     name: str | None = Field(
         None, description="Display name in outputs and summaries; default: last path part."
@@ -179,8 +181,9 @@ class VLLMEngine:
 
         self.cfg = cfg
         self.llm = LLM(
-            model=cfg.model,
-            tokenizer=cfg.tokenizer,
+            # an s3:// or gs:// model is copied to this node first: vLLM loads local folders and hub ids
+            model=storage.local_copy(cfg.model),
+            tokenizer=storage.local_copy(cfg.tokenizer) if cfg.tokenizer else None,
             dtype=cfg.dtype,
             max_model_len=cfg.max_model_len,
             tensor_parallel_size=cfg.tensor_parallel_size,
@@ -364,10 +367,16 @@ def check_sources(settings: list[tuple[str, str]]) -> None:
 
 def check_local(models: list[ModelConfig]) -> None:
     """Every local model folder exists (a run: model is written by an earlier stage; embedded ones are built
-    on first use)."""
+    on first use), and every model in object storage has its config.json."""
     from moaa.models import is_embedded
 
     for m in models:
+        if is_uri(m.model) and not storage.exists(storage.join(m.model, "config.json")):
+            raise ModelSourceError(
+                f"model {m.display_name}: {m.model} holds no config.json: a model in object storage is a "
+                "Hugging Face model folder (config.json, weights, tokenizer) copied there whole; a model of "
+                "this run (run:...) is written by its training stage: run that first"
+            )
         if not is_uri(m.model) and os.path.isabs(m.model) and not is_embedded(m.model):
             if not os.path.isdir(m.model):
                 raise ModelSourceError(

@@ -3,9 +3,11 @@ runs on a laptop and on a cluster. Every job reads and writes through these few 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from typing import Any
 
@@ -120,3 +122,43 @@ def remove(path: str) -> None:
         fs.delete_dir(p)
     elif info.type == pafs.FileType.File:
         fs.delete_file(p)
+
+
+def cache_dir() -> str:
+    """Where model folders read from object storage are copied on each node (``MOAA_CACHE``, default
+    ``~/.cache/moaa``)."""
+    return os.environ.get("MOAA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "moaa")
+
+
+def local_copy(path: str) -> str:
+    """A local folder holding the files of ``path``: the path itself when local; for a URI, a copy in this
+    node's cache. vLLM and transformers load from local folders, so an engine or a training worker reads an
+    ``s3://``/``gs://`` model through this. The copy is keyed by the URI and its files' names, sizes and
+    times: a model rewritten at the same URI is fetched again, an unchanged one once per node."""
+    if not is_uri(path):
+        return path
+    fs, p = resolve(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
+    infos = [i for i in infos if i.type == pafs.FileType.File]
+    if not infos:
+        raise FileNotFoundError(f"{path} holds no files")
+    listing = sorted((i.path, i.size, str(i.mtime)) for i in infos)
+    key = hashlib.sha256(json.dumps([path, listing]).encode()).hexdigest()[:16]
+    dest = os.path.join(cache_dir(), "models", f"{posixpath.basename(p.rstrip('/'))}-{key}")
+    if os.path.isdir(dest):
+        return dest
+    # Several engines on one node may fetch the same model at once: each into its own folder, then a rename;
+    # the first rename wins and the others drop their copy.
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+    for info in infos:
+        local = os.path.join(tmp, posixpath.relpath(info.path, p))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(local, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(dest):
+            raise
+    return dest

@@ -11,6 +11,7 @@ Face format (what vLLM and transformers load) and the driver writes ``summary.js
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -63,6 +64,12 @@ class ScalingSettings(Config):
     cpus_per_worker: float = Field(
         1, gt=0, description="CPUs reserved per worker (also its torch threads on CPU)."
     )
+    resize_interval_s: float = Field(
+        60,
+        gt=0,
+        description="Elastic range only: how often a running group looks for room for more workers (a "
+        "node that joined); when there is, it restarts bigger from its last checkpoint.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ScalingSettings:
@@ -103,7 +110,8 @@ class TrainConfig(StageConfig):
 
     model: ModelSource = Field(
         smollm.PATH,
-        description="Model to train: hub id, local path (HF format) or a model of this run (run:train_sft, "
+        description="Model to train: hub id, local path (HF format), s3:// or gs:// URI of such a folder "
+        "(copied to each node's MOAA_CACHE), or a model of this run (run:train_sft, "
         "run:train_dpo@1; moaa/layout.py). The embedded models (models/smollm2/..., models/tiny/...) are "
         "built when missing.",
     )
@@ -219,7 +227,9 @@ class TrainConfig(StageConfig):
     def fingerprint(self) -> str:
         # How many failures to tolerate and how many checkpoints to keep do not change the result: a re-run
         # with other values must still resume.
-        return config_hash(self, exclude={"checkpoint": {"max_failures", "num_to_keep"}})
+        return config_hash(
+            self, exclude={"checkpoint": {"max_failures", "num_to_keep"}, "scaling": {"resize_interval_s"}}
+        )
 
 
 class TrainSFTConfig(TrainConfig):
@@ -360,10 +370,12 @@ def run_trl(
         cfg.precision == "auto" and (use_gpu or torch.cpu._is_avx512_bf16_supported())
     )
     train_data = _dataset(load_rows(files, cfg.text_columns))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    # an s3:// or gs:// model is copied to this node first: transformers loads local folders and hub ids
+    model_dir = storage.local_copy(cfg.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(
         # GPU: bf16 weights (memory for 8B models); CPU: fp32 weights, bf16 autocast, fp32 optimizer updates
-        cfg.model_path,
+        model_dir,
         dtype=torch.bfloat16 if bf16 and use_gpu else torch.float32,
     )
 
@@ -467,17 +479,45 @@ def run_trl(
     }
 
 
-def _report_callback():
+# The worker groups a run trained with, carried from checkpoint to checkpoint in rank 0's part: an elastic run
+# that shrank after a lost node, or grew onto a new one, says so in its summary.
+WORKER_GROUPS_FILE = "moaa_worker_groups.json"
+
+
+def _worker_groups(resume_dir: str | None, world_size: int) -> list[dict[str, int]]:
+    """The groups whose steps are in the checkpoint resumed from, then this one (from the checkpoint's step).
+    A group that died before its first checkpoint left nothing in the model, and is not listed."""
+    if resume_dir is None:
+        return [{"from_step": 0, "workers": world_size}]
+    groups = []  # a checkpoint of an older moaa has no record of its groups
+    if os.path.exists(os.path.join(resume_dir, WORKER_GROUPS_FILE)):
+        with open(os.path.join(resume_dir, WORKER_GROUPS_FILE)) as f:
+            groups = json.load(f)
+    with open(os.path.join(resume_dir, "trainer_state.json")) as f:
+        step = json.load(f)["global_step"]
+    return [*groups, {"from_step": step, "workers": world_size}]
+
+
+def _report_callback(worker_groups: list[dict[str, int]]):
     """A TrainerCallback that reports each TRL save to Ray Train. Every rank reports its own checkpoint
-    folder (rank 0: weights, optimizer, trainer state; others: their RNG state) and Ray merges them."""
+    folder (rank 0: weights, optimizer, trainer state, worker groups; others: their RNG state) and Ray merges
+    them."""
     import ray.train
     from transformers import TrainerCallback
 
     class RayReport(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                with open(os.path.join(folder, WORKER_GROUPS_FILE), "w") as f:
+                    json.dump(worker_groups, f)
             ckpt = ray.train.Checkpoint.from_directory(folder) if os.path.isdir(folder) else None
-            metrics = {"step": state.global_step, "epoch": state.epoch, "loss": _last_loss(state.log_history)}
+            metrics = {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "loss": _last_loss(state.log_history),
+                "workers": worker_groups[-1]["workers"],
+            }
             ray.train.report(
                 metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint-{state.global_step:07d}"
             )
@@ -519,7 +559,8 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             resumed = checkpoint.path
             resume_from = checkpoint.to_directory(os.path.join(scratch, "resume"))
             if rank == 0:
-                print(f"[{cfg.stage}] resuming from {resumed}", flush=True)
+                print(f"[{cfg.stage}] resuming from {resumed} with {world} worker(s)", flush=True)
+        worker_groups = _worker_groups(resume_from, world)
         final_dir = os.path.join(scratch, "final")
         result = run_trl(
             cfg,
@@ -528,12 +569,12 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             world_size=world,
             use_gpu=config["use_gpu"],
             resume_from=resume_from,
-            callbacks=[_report_callback()],
+            callbacks=[_report_callback(worker_groups)],
             final_dir=final_dir,
         )
         if rank == 0:
             _publish(final_dir, layout.output_of(cfg.out_dir(), cfg.stage))
-        return {**result, "resumed_from": resumed}
+        return {**result, "resumed_from": resumed, "worker_groups": worker_groups}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -555,7 +596,12 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool):
         s.num_workers if s.min_workers is None else (s.min_workers, s.num_workers)
     )
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
-    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+    return ScalingConfig(
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=s.resize_interval_s,
+    )
 
 
 def ray_run_name(cfg: TrainConfig) -> str:
@@ -598,6 +644,11 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(
             f"model is {cfg.model} = {cfg.model_path}, which does not exist yet: run the stage that writes "
             f"it for run {cfg.run_id!r} first, or set model=<hub id or path>"
+        )
+    if storage.is_uri(cfg.model_path) and not storage.exists(storage.join(cfg.model_path, "config.json")):
+        raise DataError(
+            f"model {cfg.model_path} holds no config.json: a model in object storage is a Hugging Face model "
+            "folder (config.json, weights, tokenizer) copied there whole"
         )
     print(
         f"[{cfg.stage}] {data['rows_used']} rows to train on ({data['rows_errored']} with error skipped) "
@@ -648,5 +699,10 @@ def one_line(s: Summary) -> str:
         f"{s.stage}: {m['steps']} steps, {m['epochs']:.2f} epochs on {s.rows} rows ({s.errors} with error "
         f"skipped), final loss {m['final_loss']}, {m['tokens_per_s'] or 0:.0f} tokens/s, {s.wall_s} s"
         + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else "")
+        + (
+            f", workers {' -> '.join(str(g['workers']) for g in m['worker_groups'])}"
+            if len(m.get("worker_groups", [])) > 1
+            else ""
+        )
         + f" -> {s.outputs['model']}"
     )

@@ -220,6 +220,7 @@ def test_sft_two_workers_learn_and_take_the_configured_steps(sft_run, runs_dir, 
     assert sft_run["epochs"] == pytest.approx(2.0)
     assert sft_run["assistant_only_loss"] is True
     assert sft_run["tokens_seen"] > 0 and sft_run["tokens_per_s"] > 0 and sft_run["resumed_from"] is None
+    assert sft_run["worker_groups"] == [{"from_step": 0, "workers": 2}]
     model_dir = runs_dir / "demo/train_sft/model"
     _assert_learned(sft_run, tiny_models / "tiny-qwen2-a", model_dir)
     on_disk = storage.read_json(str(runs_dir / "demo/train_sft/summary.json"))
@@ -331,4 +332,9 @@ def test_killed_worker_run_finishes_from_a_checkpoint(ray_session, runs_dir, tin
     assert killed, "no training worker was found to kill"
     assert summary.metrics["steps"] == 30
     assert summary.metrics["resumed_from"] and "checkpoint-" in summary.metrics["resumed_from"]
+    # one group to the kill, a new one from the checkpoint it resumed from (a multiple of save_steps)
+    first, second = summary.metrics["worker_groups"]
+    assert first == {"from_step": 0, "workers": 1} and second["workers"] == 1
+    assert second["from_step"] > 0 and second["from_step"] % 3 == 0
+    assert summary.metrics["resumed_from"].endswith(f"checkpoint-{second['from_step']:07d}")
     assert storage.read_json(str(runs_dir / "killed/train_sft/summary.json"))["metrics"]["resumed_from"]
