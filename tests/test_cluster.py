@@ -173,6 +173,33 @@ def test_no_shipped_file_holds_a_secret():
     assert scan_for_secrets(files) == []
 
 
+def _remote_code_on(node, where: str = "") -> list[str]:
+    """The dotted keys of a loaded YAML document that turn trust_remote_code on."""
+    if isinstance(node, dict):
+        found = [where + "trust_remote_code" for k, v in node.items() if k == "trust_remote_code" and v]
+        return found + [x for k, v in node.items() for x in _remote_code_on(v, f"{where}{k}.")]
+    if isinstance(node, list):
+        return [x for i, v in enumerate(node) for x in _remote_code_on(v, f"{where}{i}.")]
+    return []
+
+
+def test_remote_code_runs_only_where_a_model_config_turns_it_on():
+    from moaa.engine import ModelConfig
+
+    assert ModelConfig(model="org/model").trust_remote_code is False
+    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(configs) > 20
+    on = [
+        f"{p.relative_to(ROOT)}: {key}"
+        for p in configs
+        for key in _remote_code_on(yaml.safe_load(p.read_text()))
+    ]
+    assert on == []
+    assert _remote_code_on({"judges": [{"model": "x", "trust_remote_code": True}]}) == [
+        "judges.0.trust_remote_code"
+    ]
+
+
 # Assembled here so that this file holds no literal token itself.
 FAKE_AWS = "AKIA" + "Q3EXAMPLE7ABCDEF"
 FAKE_HF = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dF"
