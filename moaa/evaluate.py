@@ -15,7 +15,8 @@ then the judge steps score what is answered. The judge is one engine (``judge.ju
 MoA judge (several judges, then ``judge.aggregator`` reads their outputs and gives the final judgment), so
 MoA-as-evaluator is measured exactly like a single judge. Judges that are our engines are constrained to the
 benchmark's output format (vLLM structured outputs), so that every verdict parses; ``constrained: false``
-lets a strong judge write freely, and unparsed verdicts are then counted.
+lets a strong judge write freely, and unparsed verdicts are then counted (an Arena-Hard judgment without a
+label is first sent back once to be finished, as in v0.1).
 
 What each benchmark does (the formulas are in ``moaa.benchmarks``, each read from its reference code):
 - ``mt_bench``: two turns per question, answer temperature per category (FastChat's ``temperature_config``),
@@ -610,9 +611,68 @@ def apply_judge(
                 "shown_first": shown_first(state, game),
                 "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens[0] if c.completion_tokens else 0,
+                "attempts": 1,
                 "error": c.error,
             }
         )
+
+
+def _unfinished(state: dict[str, Any], who: str, role: str) -> list[dict[str, Any]]:
+    """Arena-Hard judgments of ``who`` with no verdict label at all, not yet sent back: v0.1 sends those back
+    once (number_of_judgment_attempts: 2). Two different labels are not sent back (inconsistent, as v0.1)."""
+    return [
+        j
+        for j in state["judgments"]
+        if j["judge"] == who
+        and j["role"] == role
+        and j["error"] is None
+        and j["attempts"] == 1
+        and not [m for m in benchmarks.ARENA_VERDICT_PATTERN.findall(j["raw"]) if m]
+    ]
+
+
+def build_continuation(state: dict[str, Any], *, benchmark: str, who: str, role: str, judges: list[str]):
+    """Arena-Hard v0.1's second attempt: the same conversation, the judge's first reply, then
+    ``prompts.ARENA_HARD_CONTINUE``."""
+    if state["benchmark"] != benchmark:
+        return None
+    convs = []
+    for j in _unfinished(state, who, role):
+        t, g = j["turn"], j["game"]
+        first = (
+            aggregate_messages(state, t, g, judges) if role == "aggregator" else judge_messages(state, t, g)
+        )
+        convs.append(
+            [
+                *first,
+                {"role": "assistant", "content": j["raw"]},
+                {"role": "user", "content": prompts.ARENA_HARD_CONTINUE},
+            ]
+        )
+    return convs
+
+
+def apply_continuation(
+    state: dict[str, Any],
+    cs: list[Completion],
+    convs: list[Messages],
+    *,
+    benchmark: str,
+    who: str,
+    role: str,
+    judges: list[str],
+) -> None:
+    """The two replies are parsed together, as v0.1 does (its judgment is their concatenation)."""
+    for j, c in zip(_unfinished(state, who, role), cs):
+        j["attempts"] = 2
+        if c.error is not None:
+            j["error"] = f"continuation: {c.error}"
+            continue
+        _count(state, f"{'aggregate' if role == 'aggregator' else 'judge'}/{who}", c)
+        j["raw"] = f"{j['raw']}\n{c.texts[0]}"
+        j["verdict"] = benchmarks.parse_arena_verdict(j["raw"])
+        j["prompt_tokens"] += c.prompt_tokens
+        j["completion_tokens"] += c.completion_tokens[0] if c.completion_tokens else 0
 
 
 def judge_format(benchmark: str, max_chars: int) -> tuple[dict[str, Any], int]:
@@ -670,6 +730,16 @@ def judge_steps(ds, pools: dict[str, EnginePool], jc: EvalJudge, benches: list[s
                 sampling=m.sampling.model_copy(update={"max_tokens": max_tokens}),
                 logprobs=ALPACA_TOP_LOGPROBS if b == "alpaca_eval" else None,
             )
+            if b == "arena_hard" and not jc.constrained:  # a constrained judge always writes its label
+                ds = shards.engine_stage(
+                    ds,
+                    pools,
+                    m,
+                    partial(build_continuation, **kw),
+                    partial(apply_continuation, **kw),
+                    multi=True,
+                    sampling=m.sampling,
+                )
     return ds
 
 

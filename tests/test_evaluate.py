@@ -87,6 +87,35 @@ def test_arena_games_swap_the_answers_and_alpaca_order_is_seeded():
     assert flips == [evaluate.alpaca_switched(f"instruction {i}", 0) for i in range(200)]
 
 
+def test_an_arena_judgment_without_a_label_is_sent_back_once_as_in_v01():
+    s = _state("arena_hard", ["P"], ["MODEL"], reference=["BASE"])
+    kw = {"benchmark": "arena_hard", "who": "j", "role": "judge", "judges": ["j"]}
+    first = ["A is longer, B is right.", "Both fine. [[A=B]]"]  # game 1 without a label, game 2 with one
+    done = [Completion(texts=[t], prompt_tokens=100, completion_tokens=[10]) for t in first]
+    evaluate.apply_judge(s, done, [], **kw)
+    (conv,) = evaluate.build_continuation(s, **kw)  # game 1 only
+    assert conv[:-2] == evaluate.judge_messages(s, 1, 1)
+    assert conv[-2:] == [
+        {"role": "assistant", "content": "A is longer, B is right."},
+        {"role": "user", "content": prompts.ARENA_HARD_CONTINUE},
+    ]
+    evaluate.apply_continuation(
+        s, [Completion(texts=["So: [[B>A]]"], prompt_tokens=130, completion_tokens=[4])], [conv], **kw
+    )
+    g1, g2 = s["judgments"]
+    assert g1["verdict"] == "B>A" and g1["raw"] == "A is longer, B is right.\nSo: [[B>A]]"
+    assert (g1["attempts"], g1["prompt_tokens"], g1["completion_tokens"]) == (2, 230, 14)
+    assert (g2["attempts"], g2["verdict"]) == (1, "A=B")
+    assert evaluate.build_continuation(s, **kw) == []  # once only
+    assert evaluate.build_continuation(_state("mt_bench", ["Q"], ["A"]), **kw) is None
+    # two different labels are inconsistent, not missing: not sent back (v0.1's get_score)
+    t = _state("arena_hard", ["P"], ["MODEL"], reference=["BASE"])
+    evaluate.apply_judge(
+        t, [Completion(texts=["[[A>B]] or [[B>A]]"]), Completion(texts=["x"], error="too long")], [], **kw
+    )
+    assert evaluate.build_continuation(t, **kw) == [] and t["judgments"][0]["verdict"] is None
+
+
 def test_constrained_formats_always_parse():
     cases = {
         "mt_bench": ("Helpful and correct. Rating: [[7]]", "7"),
@@ -384,6 +413,34 @@ def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, ray_
         ]
     assert results[0]["judged"] == 2 and results[0]["parse_rate"] == 1.0
     assert set(summary.tokens) == {"answer/tiny-qwen2-a", "judge/tiny-qwen2-c", "judge/j2", "aggregate/agg"}
+
+
+@pytest.mark.slow
+@needs_shared
+def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_path, tiny_models, ray_local):
+    out = tmp_path / "free"
+    a, c = tiny_models / "tiny-qwen2-a", tiny_models / "tiny-qwen2-c"
+    cfg = _tiny(
+        tiny_models,
+        out,
+        f"models=[{_engine(a, 'tiny-qwen2-a', max_tokens=8)}]",
+        "mt_bench=null",
+        "alpaca_eval=null",
+        "arena_hard.limit=1",
+        "judge.constrained=false",
+        f"judge.judges=[{_engine(c, 'tiny-qwen2-c', temperature=1.0, max_tokens=12)}]",
+    )
+    summary = evaluate.run(cfg)
+    judgments = pq.read_table(out / "judgments/arena_hard/tiny-qwen2-a").to_pylist()
+    assert len(judgments) == 2
+    # a random model's free text almost never holds a [[label]]: each game went back for a second reply
+    assert [j["attempts"] for j in judgments] == [2, 2], [j["raw"] for j in judgments]
+    assert all(
+        j["error"] is None and j["verdict"] == benchmarks.parse_arena_verdict(j["raw"]) for j in judgments
+    )
+    assert summary.tokens["judge/tiny-qwen2-c"].calls == 4  # 2 games x (first reply + continuation)
+    (row,) = summary.metrics["results"]
+    assert row["judged"] + row["unparsed"] == 2 and row["judge_errors"] == 0
 
 
 @needs_shared
