@@ -365,18 +365,24 @@ def check_sources(settings: list[tuple[str, str]]) -> None:
     )
 
 
+def check_uri_model(what: str, path: str) -> None:
+    """A model in object storage is a whole Hugging Face folder: its config.json is looked for from the
+    driver, before engines or training workers start (they copy the folder to their node: ``local_copy``)."""
+    if is_uri(path) and not storage.exists(storage.join(path, "config.json")):
+        raise ModelSourceError(
+            f"{what}: {path} holds no config.json: a model in object storage is a Hugging Face model "
+            "folder (config.json, weights, tokenizer) copied there whole; a model of this run (run:...) is "
+            "written by its training stage: run that first"
+        )
+
+
 def check_local(models: list[ModelConfig]) -> None:
     """Every local model folder exists (a run: model is written by an earlier stage; embedded ones are built
     on first use), and every model in object storage has its config.json."""
     from moaa.models import is_embedded
 
     for m in models:
-        if is_uri(m.model) and not storage.exists(storage.join(m.model, "config.json")):
-            raise ModelSourceError(
-                f"model {m.display_name}: {m.model} holds no config.json: a model in object storage is a "
-                "Hugging Face model folder (config.json, weights, tokenizer) copied there whole; a model of "
-                "this run (run:...) is written by its training stage: run that first"
-            )
+        check_uri_model(f"model {m.display_name}", m.model)
         if not is_uri(m.model) and os.path.isabs(m.model) and not is_embedded(m.model):
             if not os.path.isdir(m.model):
                 raise ModelSourceError(

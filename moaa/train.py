@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from moaa import layout, models, runs, schemas, smollm, stage, storage
 from moaa.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
-from moaa.engine import check_sources
+from moaa.engine import check_sources, check_uri_model
 from moaa.stage import StageConfig, Summary
 
 # Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
@@ -645,11 +645,7 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
             f"model is {cfg.model} = {cfg.model_path}, which does not exist yet: run the stage that writes "
             f"it for run {cfg.run_id!r} first, or set model=<hub id or path>"
         )
-    if storage.is_uri(cfg.model_path) and not storage.exists(storage.join(cfg.model_path, "config.json")):
-        raise DataError(
-            f"model {cfg.model_path} holds no config.json: a model in object storage is a Hugging Face model "
-            "folder (config.json, weights, tokenizer) copied there whole"
-        )
+    check_uri_model("model", cfg.model_path)
     print(
         f"[{cfg.stage}] {data['rows_used']} rows to train on ({data['rows_errored']} with error skipped) "
         f"from {cfg.data_path}"

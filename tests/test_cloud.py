@@ -18,7 +18,7 @@ from moaa.config import load_config
 from moaa.engine import ModelSourceError
 from moaa.generate import GenerateSFTConfig
 from moaa.prepare import PrepareConfig
-from moaa.train import DataError, TrainSFTConfig
+from moaa.train import TrainSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_training_reads_and_writes_s3_and_resumes_from_s3_checkpoints(s3, s3_mod
         ROOT / "configs/train_sft/tiny.yaml",
         [f"runs_dir={s3}", "run_id=cloudtrain", f"model=s3://{BUCKET}/models/typo"],
     )
-    with pytest.raises(DataError, match="holds no config.json"):
+    with pytest.raises(ModelSourceError, match=f"model: s3://{BUCKET}/models/typo holds no config.json"):
         train_sft.main(bad)
     cfg = load_config(
         TrainSFTConfig,
