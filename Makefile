@@ -26,14 +26,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The embedded default end to end: the whole recipe (jobs.pipeline), 2 rounds, on local Ray, the embedded
-# SmolLM2 and the shipped samples -> runs/demo/ and runs/demo/report.html. The benchmark files come from GitHub
-# at pinned commits (BENCHMARKS_FROM=<folder> copies them from a local mirror instead); DEMO_ARGS takes extra
-# key=value overrides (e.g. DEMO_ARGS=rounds=1).
+# SmolLM2 and the shipped samples (prompts and a benchmark excerpt under data/samples/: no network needed)
+# -> runs/demo/ and runs/demo/report.html. DEMO_ARGS takes extra key=value overrides (e.g. DEMO_ARGS=rounds=1).
 DEMO_CONFIG ?= configs/pipeline/demo.yaml
-BENCHMARKS_FROM ?= github
 DEMO_ARGS ?=
 demo: install
-	$(VENV)/bin/moaa fetch-benchmarks --from $(BENCHMARKS_FROM)
 	$(PY) -m jobs.pipeline --config $(DEMO_CONFIG) $(DEMO_ARGS)
 
 test: install

@@ -23,8 +23,8 @@ CONFIG_CLASS = pipeline.PipelineConfig
 def main(cfg: pipeline.PipelineConfig) -> Summary:
     # prepare once -> per round: generate_sft (round r-1's model joins the mixture) -> train_sft ->
     # generate_dpo -> train_dpo -> evaluate -> report
-    summary = pipeline.run(cfg)
-    print(pipeline.one_line(summary))
+    summary = pipeline.run(cfg)  # prints each stage's start and end
+    print(pipeline.one_line(summary, stages=False))
     return summary
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import json
 import os
 import sys
 import tempfile
@@ -38,6 +39,11 @@ from pathlib import Path
 from moaa.config import UserError
 
 DEFAULT_DIR = "data/benchmarks"
+# The excerpt the embedded default evaluates on, shipped so that `make demo` needs no network (excerpt()).
+SAMPLE_DIR = "data/samples/benchmarks"
+EXCERPT_MT_BENCH_PER_CATEGORY = 2  # 16 of 80 questions (the demo asks 1 per category)
+EXCERPT_ARENA_HARD = 8  # of 500 (the demo asks 4)
+EXCERPT_ALPACA_EVAL = 16  # of 805 (the demo asks 4 to 8)
 DEFAULT_SOURCES = ("github",)
 GITHUB_RAW = "https://raw.githubusercontent.com"
 TIMEOUT_S = 60.0
@@ -267,6 +273,62 @@ def fetch(
             f"could not get {n} of {len(FILES)} benchmark file{'s' if n > 1 else ''} into {dest} "
             "with the right checksum; sources tried:\n" + "\n".join(failures) + f"\n{FIX}"
         )
+    return paths
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def _json_list_prefix(text: str, n: int) -> str:
+    """The first ``n`` rows of a JSON list as they are written in ``text`` (same bytes), closed again."""
+    decoder = json.JSONDecoder()
+    end = text.index("[") + 1
+    for _ in range(n):
+        start = end + (len(text[end:]) - len(text[end:].lstrip(", \n\r\t")))
+        _, end = decoder.raw_decode(text, start)
+    return text[:end] + "\n]\n"
+
+
+def excerpt(full: str | Path, dest: str | Path = SAMPLE_DIR) -> list[Path]:
+    """Write the shipped excerpt of the benchmark files in ``full`` (a folder of ``FILES``, checked by
+    sha256) into ``dest``, same layout, every row a byte-exact copy of the published one: MT-Bench's first
+    questions of each category (file order) with their GPT-4 references, Arena-Hard's first questions with
+    the baseline's answers to them, AlpacaEval's first instructions with the reference outputs. The readers
+    and the evaluate job take the excerpt as they take the full files."""
+    full, dest = Path(full), Path(dest)
+    wrong = missing(full)
+    if wrong:
+        raise BenchmarkFetchError(
+            f"{full} lacks (or holds another version of) {', '.join(f.local for f in wrong)}\n{FIX}"
+        )
+    out: dict[str, str] = {}
+    taken: dict[str, int] = {}
+    questions = []
+    for line in _lines(full / "mt_bench/question.jsonl"):
+        cat = json.loads(line)["category"]
+        if taken.get(cat, 0) < EXCERPT_MT_BENCH_PER_CATEGORY:
+            taken[cat] = taken.get(cat, 0) + 1
+            questions.append(line)
+    out["mt_bench/question.jsonl"] = "".join(questions)
+    ids = {json.loads(q)["question_id"] for q in questions}
+    refs = _lines(full / "mt_bench/reference_answer_gpt-4.jsonl")
+    out["mt_bench/reference_answer_gpt-4.jsonl"] = "".join(
+        r for r in refs if json.loads(r)["question_id"] in ids
+    )
+    arena = _lines(full / "arena_hard/question.jsonl")[:EXCERPT_ARENA_HARD]
+    out["arena_hard/question.jsonl"] = "".join(arena)
+    uids = {json.loads(q)["uid"] for q in arena}
+    answers = _lines(full / "arena_hard/model_answer_gpt-4-0314.jsonl")
+    out["arena_hard/model_answer_gpt-4-0314.jsonl"] = "".join(
+        a for a in answers if json.loads(a)["uid"] in uids
+    )
+    alpaca = "alpaca_eval/gpt4_1106_preview.model_outputs.json"
+    out[alpaca] = _json_list_prefix((full / alpaca).read_text(encoding="utf-8"), EXCERPT_ALPACA_EVAL)
+    paths = []
+    for local, text in out.items():
+        _write_atomically(dest / local, text.encode("utf-8"))
+        paths.append(dest / local)
     return paths
 
 

@@ -251,9 +251,11 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:
     """``[--config FILE] [key=value ...]``; ``--help`` lists every key. Exits 2 with the message on error."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(f"usage: {prog} [--config FILE.yaml] [key=value ...]\n\nkeys:")
+        print(f"usage: {prog} [--config FILE.yaml] [--verbose] [key=value ...]\n\nkeys:")
         print("\n".join("  " + line for line in describe(cls)))
         raise SystemExit(0)
+    if "--verbose" in argv:
+        argv = [a for a in argv if a != "--verbose"] + ["verbose=true"]
     path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -267,6 +269,10 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     _print_user_errors_plainly(prog)
+    if hasattr(cfg, "runs_dir") and hasattr(cfg, "verbose"):
+        from moaa import console
+
+        console.setup(cfg.runs_dir, cfg.run_id, prog or "job", cfg.verbose)
     return cfg
 
 
@@ -275,9 +281,16 @@ def _print_user_errors_plainly(prog: str) -> None:
     default_hook = sys.excepthook
 
     def hook(exc_type, exc, tb):
+        from moaa import console
+
+        logs = console.where_logs()
         if isinstance(exc, UserError):
             print(f"{prog}: error: {exc}", file=sys.stderr)
             sys.exit(1)
         default_hook(exc_type, exc, tb)
+        if logs:
+            print(
+                f"{prog}: Ray's, Ray Data's, Ray Train's and vLLM's logs of this run: {logs}", file=sys.stderr
+            )
 
     sys.excepthook = hook

@@ -50,7 +50,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from moaa import benchmarks, layout, prompts, schemas, shards, smollm, stage, storage
-from moaa.benchmark_files import DEFAULT_DIR as BENCH_DIR
+from moaa.benchmark_files import FILES as FULL_FILES
+from moaa.benchmark_files import SAMPLE_DIR
 from moaa.config import Config, InputPath, UserError
 from moaa.engine import Completion, EnginePool, ModelConfig, SamplingConfig
 from moaa.models import is_embedded
@@ -66,10 +67,12 @@ class MTBench(Config):
     """MT-Bench (lm-sys/FastChat llm_judge): 80 two-turn questions in 8 categories."""
 
     questions: InputPath = Field(
-        f"{BENCH_DIR}/mt_bench/question.jsonl", description="FastChat question.jsonl."
+        f"{SAMPLE_DIR}/mt_bench/question.jsonl",
+        description="FastChat question.jsonl; the default is the shipped excerpt (2 per category), "
+        "`moaa fetch-benchmarks` puts all 80 in data/benchmarks/.",
     )
     references: InputPath | None = Field(
-        f"{BENCH_DIR}/mt_bench/reference_answer_gpt-4.jsonl",
+        f"{SAMPLE_DIR}/mt_bench/reference_answer_gpt-4.jsonl",
         description="FastChat reference_answer/gpt-4.jsonl (math, reasoning, coding are graded against it); "
         "null: the questions' own 'reference' fields.",
     )
@@ -91,9 +94,13 @@ class MTBench(Config):
 class ArenaHard(Config):
     """Arena-Hard v0.1 (lmarena/arena-hard-auto): 500 hard prompts judged against a baseline's answers."""
 
-    questions: InputPath = Field(f"{BENCH_DIR}/arena_hard/question.jsonl", description="question.jsonl.")
+    questions: InputPath = Field(
+        f"{SAMPLE_DIR}/arena_hard/question.jsonl",
+        description="question.jsonl; the default is the shipped excerpt (8 questions), "
+        "`moaa fetch-benchmarks` puts all 500 in data/benchmarks/.",
+    )
     baseline_answers: InputPath = Field(
-        f"{BENCH_DIR}/arena_hard/model_answer_gpt-4-0314.jsonl",
+        f"{SAMPLE_DIR}/arena_hard/model_answer_gpt-4-0314.jsonl",
         description="The baseline's model_answer/<model>.jsonl.",
     )
     baseline: str = Field(benchmarks.ARENA_BASELINE, description="The baseline's name in the results.")
@@ -115,8 +122,10 @@ class AlpacaEval(Config):
     """AlpacaEval 2 (tatsu-lab/alpaca_eval): 805 instructions against a reference model's outputs."""
 
     reference_outputs: InputPath = Field(
-        f"{BENCH_DIR}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
-        description="The reference model's model_outputs.json (AlpacaEval 2: gpt4_1106_preview).",
+        f"{SAMPLE_DIR}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
+        description="The reference model's model_outputs.json (AlpacaEval 2: gpt4_1106_preview); the "
+        "default is the shipped excerpt (16 instructions), `moaa fetch-benchmarks` puts all 805 in "
+        "data/benchmarks/.",
     )
     limit: int | None = Field(8, ge=1, description="First N instructions; null: all 805.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens per answer; null: the model's own.")
@@ -284,14 +293,24 @@ def _local_copy(path: str) -> str:
     return t.name
 
 
+def fetch_command(path: str) -> str:
+    """The command that puts the published file ``path`` where it is expected: ``moaa fetch-benchmarks
+    <its folder>`` when ``path`` ends in a published file's place in that layout."""
+    for f in FULL_FILES:
+        if path.replace("\\", "/").endswith("/" + f.local) or path == f.local:
+            folder = path[: -len(f.local)].rstrip("/") or "."
+            return f"moaa fetch-benchmarks {folder}"
+    return "moaa fetch-benchmarks"
+
+
 def _read(reader, path: str, key: str, *args: Any):
     """Run a ``moaa.benchmarks`` reader on a local path or a URI, turning failures into messages that name
     the setting and the fix."""
     if not storage.exists(path):
         raise BenchmarkFileError(
-            f"{key}: benchmark file {path} not found. Get the published files with `moaa fetch-benchmarks` "
-            f"(into {BENCH_DIR}/; --from <folder> copies them from a mirror), or set {key}=<path or URI>; "
-            f"{key.split('.')[0]}=null skips that benchmark"
+            f"{key}: benchmark file {path} not found: `{fetch_command(path)}` fetches the published files "
+            f"(pinned, sha256-checked; --from <folder> copies them from a mirror), or set {key}=<path or "
+            f"URI>; {key.split('.')[0]}=null skips that benchmark"
         )
     try:
         return reader(_local_copy(path), *args)
@@ -299,6 +318,25 @@ def _read(reader, path: str, key: str, *args: Any):
         raise BenchmarkFileError(
             f"{key}: {e} (expected the published layout, see moaa/benchmarks.py)"
         ) from None
+
+
+def _enough(key: str, path: str, asked: int | None, got: int, unit: str) -> None:
+    """A selection larger than its file is an error rather than a silently smaller benchmark; the shipped
+    excerpt holds a few questions, and the message says how to get the published files instead."""
+    rel = path.replace("\\", "/")
+    excerpt = f"{SAMPLE_DIR}/" in rel or rel.startswith(f"{SAMPLE_DIR}/")
+    if got >= (asked or 0) and not (asked is None and excerpt):
+        return
+    wanted = "all of them" if asked is None else f"{asked} asked"
+    if excerpt:
+        full = f"data/benchmarks/{rel.split(SAMPLE_DIR + '/', 1)[-1]}"
+        fix = (
+            "it is the shipped excerpt: `moaa fetch-benchmarks` puts the published files in "
+            f"data/benchmarks/, then set {key}={full}"
+        )
+    else:
+        fix = "ask for fewer"
+    raise BenchmarkFileError(f"{key}: {path} holds {got} {unit}, {wanted}: {fix}")
 
 
 def alpaca_switched(instruction: str, seed: int) -> bool:
@@ -314,6 +352,10 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
     items: dict[str, list[dict[str, Any]]] = {}
     if (mt := cfg.mt_bench) is not None:
         qs = _read(benchmarks.mt_bench_questions, mt.questions, "mt_bench.questions", mt.references)
+        per_category = (
+            min(sum(q["category"] == c for q in qs) for c in {q["category"] for q in qs}) if qs else 0
+        )
+        _enough("mt_bench.questions", mt.questions, mt.per_category, per_category, "questions per category")
         taken: dict[str, int] = defaultdict(int)
         items["mt_bench"] = []
         for q in qs:
@@ -332,6 +374,7 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
     if (ah := cfg.arena_hard) is not None:
         qs = _read(benchmarks.arena_hard_questions, ah.questions, "arena_hard.questions")
         base = _read(benchmarks.arena_hard_answers, ah.baseline_answers, "arena_hard.baseline_answers")
+        _enough("arena_hard.questions", ah.questions, ah.limit, len(qs), "questions")
         qs = qs[: ah.limit] if ah.limit else qs
         missing = [q["uid"] for q in qs if q["uid"] not in base]
         if missing:
@@ -351,6 +394,7 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
         ]
     if (ae := cfg.alpaca_eval) is not None:
         outs = _read(benchmarks.alpaca_eval_outputs, ae.reference_outputs, "alpaca_eval.reference_outputs")
+        _enough("alpaca_eval.reference_outputs", ae.reference_outputs, ae.limit, len(outs), "instructions")
         outs = outs[: ae.limit] if ae.limit else outs
         items["alpaca_eval"] = [
             {

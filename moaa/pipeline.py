@@ -54,7 +54,7 @@ from moaa.train import TrainDPOConfig, TrainSFTConfig
 
 STAGE = "pipeline"
 STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate")
-RUN_FIELDS = ("run_id", "runs_dir", "round", "output_dir", "ray_address")
+RUN_FIELDS = ("run_id", "runs_dir", "round", "output_dir", "ray_address", "verbose")
 Stage = Literal["prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate"]
 
 
@@ -177,6 +177,7 @@ class PipelineConfig(StageConfig):
             "run_id": self.run_id,
             "runs_dir": self.runs_dir,
             "ray_address": self.ray_address,
+            "verbose": self.verbose,
             "round": 1 if name == "prepare" else r,
         }
         si, policy = self.self_improve, self.generate_dpo.policy
@@ -269,6 +270,9 @@ def run(cfg: PipelineConfig) -> Summary:
     out = cfg.out_dir()
     plan = cfg.plan()
     configs = {(r, s): cfg.stage_config(s, r) for r, s in plan}  # every round's configs checked up front
+    for (_, name), c in configs.items():
+        if name == "evaluate":  # its benchmark files too, rather than after hours of generation and training
+            evaluate.benchmark_items(c)
     before = runs.load_manifest(out) or {}
     manifest = runs.start_manifest(
         out,
@@ -297,6 +301,7 @@ def run(cfg: PipelineConfig) -> Summary:
             # the pipeline starts them
             wall = summary.wall_s if skipped else round(time.time() - t, 2)
             done.append({"round": r, "stage": name, "skipped": skipped, **_brief(summary), "wall_s": wall})
+            print(_stage_line(done[-1]), flush=True)
     finally:
         engines.stop()
     outputs = {"run": cfg.run_dir()}
@@ -339,18 +344,21 @@ def _brief(s: Summary) -> dict[str, Any]:
     return brief
 
 
-def one_line(s: Summary) -> str:
-    """The stages as they ran, then the last round's evaluation and the report's path."""
+def _stage_line(d: dict[str, Any]) -> str:
+    extra = f", {d['pairs']} pairs, {d['ties']} ties" if d.get("pairs") is not None else ""
+    note = " (already done)" if d["skipped"] else ""
+    return f"  round {d['round']} {d['stage']:<13} {d['rows']:>5} rows {d['wall_s']:>8} s{extra}{note}"
+
+
+def one_line(s: Summary, stages: bool = True) -> str:
+    """The stages as they ran (``stages``: false where each stage's line was printed as it ended), then the
+    last round's evaluation and the report's path."""
     lines = [
         f"pipeline: {s.rows} stages in {s.wall_s} s ({s.errors} rows set aside: quarantined, failed or "
         f"without a pair) -> {s.outputs['run']}"
     ]
-    for d in s.metrics["stages"]:
-        extra = f", {d['pairs']} pairs, {d['ties']} ties" if d.get("pairs") is not None else ""
-        note = " (already done)" if d["skipped"] else ""
-        lines.append(
-            f"  round {d['round']} {d['stage']:<13} {d['rows']:>5} rows {d['wall_s']:>8} s{extra}{note}"
-        )
+    if stages:
+        lines += [_stage_line(d) for d in s.metrics["stages"]]
     for r in s.metrics["results"]:
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
         interval = "" if r["lower"] is None else f" [{r['lower']:.2f}, {r['upper']:.2f}]"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from moaa import runs, stage, storage
+from moaa import console, runs, stage, storage
 from moaa.engine import (
     EnginePool,
     EngineStage,
@@ -58,10 +58,12 @@ class Shard:
 
 
 def init_ray(address: str | None) -> None:
+    """Start (or connect to) Ray for a job; a command-line job's console stays moaa's (``moaa.console``)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **console.ray_init_kwargs())
+        console.ray_started()
     ray.data.DataContext.get_current().execution_options.preserve_order = False
 
 
@@ -129,6 +131,7 @@ class _Committer:
         self.by_name = {s.name: s for s in shards}
         self.buffers: dict[str, list[str]] = defaultdict(list)
         self.committed: list[str] = []
+        self.completion_tokens = 0  # of the shards committed by this call (the progress line's tok/s)
 
     def add(self, names: list[str], states: list[str], turn: int) -> None:
         for name, state in zip(names, states):
@@ -151,6 +154,10 @@ class _Committer:
         self.manifest["shards"][name] = {**stats, "files": files}
         runs.save_manifest(self.out, self.manifest)
         self.committed.append(name)
+        self.completion_tokens += sum(t.get("completion_tokens", 0) for t in stats.get("tokens", {}).values())
+
+    def where(self) -> str:
+        return f"{len(self.committed)}/{len(self.by_name)} shards"
 
     def check_drained(self, turn: int) -> None:
         if self.buffers:
@@ -184,6 +191,9 @@ def run(
         init_ray(cfg.ray_address)
         own = pools is None
         pools = start_pools(models) if pools is None else pools
+        # one unit per row and pass: a 3-turn chat counts 3
+        progress = console.Progress(cfg.stage, sum(s.rows * s.turns for s in todo), "row-turns")
+        done = 0
         try:
             for turn in range(1, max(s.turns for s in todo) + 1):
                 this = [
@@ -203,8 +213,11 @@ def run(
                 ds = pipeline(read(items, load), turn, pools)
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     committer.add(list(batch["shard"]), list(batch["state"]), turn)
+                    done += len(batch["shard"])
+                    progress.update(done, committer.where(), committer.completion_tokens)
                 committer.check_drained(turn)
         finally:
+            progress.close()
             if own:
                 stop_pools(pools)
     storage.remove(storage.join(out, "work"))

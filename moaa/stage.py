@@ -40,6 +40,11 @@ class StageConfig(Config):
     ray_address: str | None = Field(
         None, description="Ray cluster address; null: RAY_ADDRESS or a local Ray."
     )
+    verbose: bool = Field(
+        False,
+        description="Show Ray's, Ray Data's, Ray Train's and vLLM's logs on the console (--verbose); false: "
+        "they go to <run>/logs/ and the console shows moaa's lines and progress.",
+    )
 
     stage: ClassVar[str] = ""
 

@@ -16,6 +16,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from moaa import layout, models, runs, schemas, smollm, stage, storage
+from moaa import console, layout, models, runs, schemas, shards, smollm, stage, storage
 from moaa.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
 from moaa.engine import check_sources, check_uri_model
 from moaa.stage import StageConfig, Summary
@@ -525,6 +526,50 @@ def _report_callback(worker_groups: list[dict[str, int]]):
     return RayReport()
 
 
+class ProgressBoard:
+    """Rank 0's last logged step, read by the driver for its progress line (a Ray actor holding no CPU:
+    worker output stays in Ray's logs when the console is quiet)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] = {}
+
+    def put(self, step: dict[str, Any]) -> None:
+        self.last = step
+
+    def get(self) -> dict[str, Any]:
+        return self.last
+
+
+def _board_callback(board: Any):
+    from transformers import TrainerCallback
+
+    class ToBoard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                step = {"step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"]}
+                board.put.remote({**step, "tokens": state.num_input_tokens_seen})
+
+    return ToBoard()
+
+
+def _watch(board: Any, label: str, stop: threading.Event) -> None:
+    """The driver's training progress line, from the board, until ``stop``."""
+    import ray
+
+    line = console.Progress(label, 0, "steps")
+    try:
+        while not stop.wait(1.0):
+            try:
+                last = ray.get(board.get.remote(), timeout=10)
+            except Exception:  # a lost board only costs the progress line
+                return
+            if last:
+                line.total = last["max_steps"]
+                line.update(last["step"], f"loss {last['loss']:.3f}")
+    finally:
+        line.close()
+
+
 def _publish(local_dir: str, dest: str) -> None:
     """Copy a finished local folder to ``dest`` (path or URI); local: copy beside it then rename, so that a
     killed worker never leaves half a model under the final name."""
@@ -569,7 +614,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             world_size=world,
             use_gpu=config["use_gpu"],
             resume_from=resume_from,
-            callbacks=[_report_callback(worker_groups)],
+            callbacks=[_report_callback(worker_groups), _board_callback(config["board"])],
             final_dir=final_dir,
         )
         if rank == 0:
@@ -615,12 +660,12 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address)
+    shards.init_ray(cfg.ray_address)
     use_gpu = wants_gpu(cfg)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"cfg": cfg, "files": files, "use_gpu": use_gpu},
+        train_loop_config={"cfg": cfg, "files": files, "use_gpu": use_gpu, "board": board},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling_config(cfg, use_gpu),
         run_config=RunConfig(
@@ -631,7 +676,15 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
     )
-    result = trainer.fit()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(board, cfg.stage, stop), daemon=True)
+    watcher.start()
+    try:
+        result = trainer.fit()
+    finally:
+        stop.set()
+        watcher.join()
+        ray.kill(board)
     return {**result.return_value, "device": "gpu" if use_gpu else "cpu"}
 
 
@@ -648,9 +701,8 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     check_uri_model("model", cfg.model_path)
     print(
         f"[{cfg.stage}] {data['rows_used']} rows to train on ({data['rows_errored']} with error skipped) "
-        f"from {cfg.data_path}"
+        f"from {cfg.data_path}; {cfg.batch_line()}"
     )
-    print(f"[{cfg.stage}] {cfg.batch_line()}")
     return data
 
 

@@ -287,6 +287,52 @@ def test_a_missing_benchmark_file_names_the_key_and_the_fix_before_ray(tmp_path)
     assert not (tmp_path / "demo").exists()  # nothing written, no engine started
 
 
+@pytest.mark.parametrize("job", ["evaluate", "pipeline"])
+def test_a_missing_full_benchmark_file_is_one_line_with_the_fetch_command_before_any_engine(tmp_path, job):
+    """A config that names the published files (as the paper configs do) where they have not been fetched:
+    one line naming the key, the file and the exact command that fetches it; the pipeline checks this before
+    its first stage, not after hours of generation and training."""
+    full = tmp_path / "data" / "benchmarks"
+    key = "arena_hard.questions" if job == "evaluate" else "evaluate.arena_hard.questions"
+    config = TINY if job == "evaluate" else ROOT / "configs" / "pipeline" / "tiny.yaml"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"jobs.{job}",
+            "--config",
+            str(config),
+            f"runs_dir={tmp_path / 'runs'}",
+            f"{key}={full}/arena_hard/question.jsonl",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"`moaa fetch-benchmarks {full}`" in lines[0] and "arena_hard.questions" in lines[0], lines[0]
+    assert f"{full}/arena_hard/question.jsonl not found" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing written: no stage ran, no engine or Ray started
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "asked"),
+    [("mt_bench.per_category", "3", "3 asked"), ("arena_hard.limit", "null", "all of them")],
+)
+def test_asking_the_shipped_excerpt_for_more_than_it_holds_says_how_to_get_the_full_files(
+    tmp_path, key, value, asked
+):
+    cfg = load_config(EvaluateConfig, TINY, [f"runs_dir={tmp_path}", f"{key}={value}"])
+    bench = key.split(".")[0]
+    with pytest.raises(evaluate.BenchmarkFileError, match=asked) as e:
+        evaluate.plan(cfg)
+    assert "shipped excerpt" in str(e.value) and "moaa fetch-benchmarks" in str(e.value)
+    assert f"{bench}." in str(e.value) and "data/benchmarks/" in str(e.value)
+
+
 @needs_shared
 def test_a_benchmark_file_in_another_layout_is_refused_with_its_line(tmp_path):
     bad = tmp_path / "question.jsonl"
