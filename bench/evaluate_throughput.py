@@ -22,10 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moaa import engine, evaluate, shards, storage  # noqa: E402
-from moaa.config import load_config  # noqa: E402
-from moaa.evaluate import EvaluateConfig  # noqa: E402
-from moaa.tiny import make_tiny_models  # noqa: E402
+from moaa.core import storage  # noqa: E402
+from moaa.core.config import load_config  # noqa: E402
+from moaa.embedded.tiny import make_tiny_models  # noqa: E402
+from moaa.engine import shards, vllm  # noqa: E402
+from moaa.stages import evaluate  # noqa: E402
+from moaa.stages.evaluate import EvaluateConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +64,7 @@ def main() -> None:
         make_tiny_models(models)
         a, b, c = (f"{models}/{n}" for n in ("tiny-qwen2-a", "tiny-llama-b", "tiny-qwen2-c"))
     else:
-        from moaa import smollm
+        from moaa.embedded import smollm
 
         a = b = c = smollm.PATH
     d = args.data
@@ -101,7 +103,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     moa = config("moa")
-    pools = engine.start_pools(moa.all_models())
+    pools = vllm.start_pools(moa.all_models())
     results: dict[str, dict] = {}
     try:
         answered = evaluate.run(config("single"), pools=pools)  # answers (and a first single judging)
@@ -140,7 +142,7 @@ def main() -> None:
                 if judge not in results or row["wall_s"] < results[judge]["wall_s"]:
                     results[judge] = row
     finally:
-        engine.stop_pools(pools)
+        vllm.stop_pools(pools)
         ray.shutdown()
 
     print(

@@ -31,10 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moaa import engine, generate, moa, schemas, shards, storage  # noqa: E402
-from moaa.config import load_config  # noqa: E402
-from moaa.engine import Completion  # noqa: E402
-from moaa.generate import GenerateSFTConfig  # noqa: E402
+from moaa.core import schemas, storage  # noqa: E402
+from moaa.core.config import load_config  # noqa: E402
+from moaa.engine import settings, shards, vllm  # noqa: E402
+from moaa.engine.settings import Completion  # noqa: E402
+from moaa.judging import moa  # noqa: E402
+from moaa.stages import generate_sft  # noqa: E402
+from moaa.stages.generate_sft import GenerateSFTConfig  # noqa: E402
 
 
 def write_prompts(out: Path, n: int, rows_per_shard: int) -> None:
@@ -75,7 +78,7 @@ def plain_round(engines: dict, cfg: GenerateSFTConfig, rows: list[dict]) -> tupl
     for model, layer, final in stages:
         name = model.display_name
         convs = [moa.build_messages(s, turn=1, layer=layer, model=name) for s in states]
-        answers = engines[engine.engine_key(model)].chat(convs, sampling=model.sampling)
+        answers = engines[settings.engine_key(model)].chat(convs, sampling=model.sampling)
         failed = [c.error for c in answers if c.error]
         if failed:
             raise SystemExit(f"plain side: {len(failed)} of {len(answers)} requests failed, e.g. {failed[0]}")
@@ -89,14 +92,14 @@ def ray_round(pools: dict, cfg: GenerateSFTConfig) -> tuple[float, int]:
     """The generate_sft job on engines already started (``run(cfg, pools=...)``), timed from planning the
     shards to the last shard committed: reading, the Ray Data pipeline, writing the Parquet and manifest."""
     t0 = time.perf_counter()
-    summary = generate.run(cfg, pools=pools)
+    summary = generate_sft.run(cfg, pools=pools)
     wall = time.perf_counter() - t0
     tokens = sum(t.completion_tokens for t in summary.tokens.values())
     return tokens / wall, tokens
 
 
 def throughput(model: str, n_prompts: int, max_tokens: int, batch_size: int, rounds: int) -> None:
-    from moaa.engine import VLLMEngine
+    from moaa.engine.vllm import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts"
@@ -111,10 +114,10 @@ def throughput(model: str, n_prompts: int, max_tokens: int, batch_size: int, rou
         # Both sides start their engines first (not timed), then run alternately, so that a load change on
         # the machine hits both; the best round of each side is compared.
         shards.init_ray(None)
-        pools = engine.start_pools(cfg.models())
+        pools = vllm.start_pools(cfg.models())
         # As shared as the pools: one engine per distinct engine (a second engine built and dropped in this
         # process would tear down vLLM's process-wide parallel state under the one kept).
-        distinct = {engine.engine_key(m): m for m in cfg.models()}
+        distinct = {settings.engine_key(m): m for m in cfg.models()}
         engines = {key: VLLMEngine(m) for key, m in distinct.items()}
         results: dict[str, list[tuple[float, int]]] = {"plain": [], "ray": []}
         try:
@@ -123,7 +126,7 @@ def throughput(model: str, n_prompts: int, max_tokens: int, batch_size: int, rou
                 results["ray"].append(ray_round(pools, fresh))
                 results["plain"].append(plain_round(engines, cfg, rows))
         finally:
-            engine.stop_pools(pools)
+            vllm.stop_pools(pools)
     plain, ray_ = max(results["plain"]), max(results["ray"])
     print(
         f"throughput, {model}: {n_prompts} prompts x 3 roles on {len(engines)} engine(s), max_tokens "
@@ -177,8 +180,8 @@ def scale_one(rows: int) -> dict:
         )
         t0 = time.perf_counter()
         shards.init_ray(None)
-        pools = {engine.engine_key(m): StubPool(m) for m in cfg.models()}
-        summary = generate.run(cfg, pools=pools)
+        pools = {settings.engine_key(m): StubPool(m) for m in cfg.models()}
+        summary = generate_sft.run(cfg, pools=pools)
         wall = time.perf_counter() - t0
     assert summary.rows == rows, summary
     return {"rows": rows, "wall_s": wall, "per_row_ms": 1000 * wall / rows, "peak_rss_mb": own_peak_mb()}

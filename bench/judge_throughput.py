@@ -22,10 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moaa import engine, preference, schemas, storage  # noqa: E402
-from moaa.config import load_config  # noqa: E402
-from moaa.preference import GenerateDPOConfig  # noqa: E402
-from moaa.tiny import make_tiny_models  # noqa: E402
+from moaa.core import schemas, storage  # noqa: E402
+from moaa.core.config import load_config  # noqa: E402
+from moaa.embedded.tiny import make_tiny_models  # noqa: E402
+from moaa.engine import vllm  # noqa: E402
+from moaa.stages import generate_dpo  # noqa: E402
+from moaa.stages.generate_dpo import GenerateDPOConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("moa", "jury", "single")
@@ -70,18 +72,18 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     moa = config("moa", 0)
-    pools = engine.start_pools(moa.models())
+    pools = vllm.start_pools(moa.models())
     results: dict[str, dict] = {}
     try:
         for k in range(args.rounds):
             for mode in MODES:
-                summary = preference.run(config(mode, k), pools=pools)
+                summary = generate_dpo.run(config(mode, k), pools=pools)
                 s = {**summary.metrics, "rows": summary.rows, "wall_s": summary.wall_s}
                 best = results.get(mode)
                 if best is None or s["wall_s"] < best["wall_s"]:
                     results[mode] = s
     finally:
-        engine.stop_pools(pools)
+        vllm.stop_pools(pools)
         ray.shutdown()
 
     table = {

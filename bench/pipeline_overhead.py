@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moaa.config import load_config  # noqa: E402
-from moaa.pipeline import PipelineConfig  # noqa: E402
+from moaa.core.config import load_config  # noqa: E402
+from moaa.stages.pipeline import PipelineConfig  # noqa: E402
 
 
 def overrides(data: str, rounds: int) -> list[str]:

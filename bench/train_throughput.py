@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moaa import schemas, storage  # noqa: E402
-from moaa.config import load_config  # noqa: E402
-from moaa.tiny import make_tiny_models  # noqa: E402
-from moaa.train import TrainSFTConfig, fit, run_trl  # noqa: E402
+from moaa.core import schemas, storage  # noqa: E402
+from moaa.core.config import load_config  # noqa: E402
+from moaa.embedded.tiny import make_tiny_models  # noqa: E402
+from moaa.stages.train import TrainSFTConfig, fit, run_trl  # noqa: E402
 
 
 def sft_rows(n: int) -> list[dict]:

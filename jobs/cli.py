@@ -22,10 +22,10 @@ JOBS = sorted(
 )
 # command -> (module whose main(argv) runs it, its arguments for the usage text)
 TOOLS = {
-    "make-models": ("moaa.models", "DIR"),
-    "make-tiny-models": ("moaa.tiny", "DIR"),
-    "fetch-benchmarks": ("moaa.benchmark_files", "[DIR] [--from SOURCE ...]"),
-    "submit": ("moaa.submit", "JOB --address URL [--config FILE] [--no-wait] [key=value ...]"),
+    "make-models": ("moaa.embedded.models", "DIR"),
+    "make-tiny-models": ("moaa.embedded.tiny", "DIR"),
+    "fetch-benchmarks": ("moaa.benchmarks.files", "[DIR] [--from SOURCE ...]"),
+    "submit": ("moaa.core.submit", "JOB --address URL [--config FILE] [--no-wait] [key=value ...]"),
 }
 
 

@@ -15,9 +15,9 @@ table (``results.parquet`` + ``results.json``, schema eval_results: score, inter
 position bias, tokens, cost). Rerunning the same command resumes shard by shard. See docs/evaluation.md.
 """
 
-from moaa import evaluate
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import evaluate
 
 CONFIG_CLASS = evaluate.EvaluateConfig
 

@@ -10,17 +10,17 @@ Reads the prompts shards of ``jobs.prepare`` and writes ``<runs_dir>/<run_id>/ge
 command resumes: finished shards are skipped.
 """
 
-from moaa import generate
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import generate_sft
 
-CONFIG_CLASS = generate.GenerateSFTConfig
+CONFIG_CLASS = generate_sft.GenerateSFTConfig
 
 
-def main(cfg: generate.GenerateSFTConfig) -> Summary:
+def main(cfg: generate_sft.GenerateSFTConfig) -> Summary:
     # read prompts -> (per turn) propose with every proposer, layer by layer -> aggregate -> commit shards
-    summary = generate.run(cfg)
-    print(generate.one_line(summary))
+    summary = generate_sft.run(cfg)
+    print(generate_sft.one_line(summary))
     return summary
 
 

@@ -14,9 +14,9 @@ one line per mode: accuracy against the label, ties, position consistency, verdi
 tokens per decision. See docs/judging.md.
 """
 
-from moaa import judge_eval
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import judge_eval
 
 CONFIG_CLASS = judge_eval.JudgeEvalConfig
 

@@ -13,9 +13,9 @@ finished stages and ``summary.json``; ``<run>/report.html`` and ``report.md`` sh
 same command skips finished stages and resumes the unfinished one. See docs/pipeline.md.
 """
 
-from moaa import pipeline
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import pipeline
 
 CONFIG_CLASS = pipeline.PipelineConfig
 

@@ -11,9 +11,9 @@ A rerun of a finished run with the same config returns its summary and writes no
 the same folder is refused. ``--help`` lists every key.
 """
 
-from moaa import prepare
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import prepare
 
 CONFIG_CLASS = prepare.PrepareConfig
 

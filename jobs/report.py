@@ -9,13 +9,13 @@ examples.
 
 Writes ``<runs_dir>/<run_id>/report.html`` (PNGs embedded, opens offline), ``report.md`` and the plots as
 ``report/*.png``; reads only, so it runs at any point of a run and again after each stage. Not a Ray job of
-its own: no cluster is needed. See moaa/report.py.
+its own: no cluster is needed. See moaa/stages/report.py.
 """
 
 from typing import Any
 
-from moaa import report
-from moaa.config import parse_cli
+from moaa.core.config import parse_cli
+from moaa.stages import report
 
 CONFIG_CLASS = report.ReportConfig
 

@@ -10,9 +10,9 @@ Reads <runs_dir>/<run_id>/generate_dpo/data (or data=...) and, by default, start
 summary.json. Re-run the same command after a crash: it resumes from the last checkpoint.
 """
 
-from moaa import train
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import train
 
 CONFIG_CLASS = train.TrainDPOConfig
 

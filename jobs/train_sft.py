@@ -10,9 +10,9 @@ format, loads in vLLM and transformers) and summary.json. Re-run the same comman
 from the last checkpoint. ``--help`` lists every key.
 """
 
-from moaa import train
-from moaa.config import parse_cli
-from moaa.stage import Summary
+from moaa.core.config import parse_cli
+from moaa.core.stage import Summary
+from moaa.stages import train
 
 CONFIG_CLASS = train.TrainSFTConfig
 

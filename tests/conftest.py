@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from moaa.tiny import make_tiny_models
+from moaa.embedded.tiny import make_tiny_models
 
 # vLLM's CPU backend reads its KV cache size from the environment; the tiny models need very little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

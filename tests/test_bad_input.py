@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moaa import runs, schemas, storage
+from moaa.core import manifests, schemas, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
@@ -151,17 +151,17 @@ def test_an_empty_result_is_an_error_and_the_folder_takes_a_corrected_config(tmp
     proc = _prepare(tmp_path, SAMPLES / "ultrafeedback.jsonl")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "committed nothing; starting over with this config" in proc.stdout
-    assert runs.require_complete(str(tmp_path / "out"), "prepare")["status"] == "complete"
+    assert manifests.require_complete(str(tmp_path / "out"), "prepare")["status"] == "complete"
 
 
 def test_a_folder_with_committed_work_keeps_refusing_another_config(tmp_path):
     out = str(tmp_path / "out")
-    manifest = runs.start_manifest(out, "generate_sft", "r", "hash-a", {})
+    manifest = manifests.start_manifest(out, "generate_sft", "r", "hash-a", {})
     manifest["shards"]["part-00000.parquet"] = {"rows": 1, "files": ["data/part-00000.parquet"]}
-    runs.save_manifest(out, manifest)
-    with pytest.raises(runs.ResumeError, match="config hash hash-a"):
-        runs.start_manifest(out, "generate_sft", "r", "hash-b", {})
-    with pytest.raises(runs.ResumeError):  # a training run with checkpoints is committed work too
-        runs.start_manifest(str(tmp_path / "t"), "train_sft", "r", "a", {})
-        runs.start_manifest(str(tmp_path / "t"), "train_sft", "r", "b", {}, other_work=True)
-    assert runs.start_manifest(str(tmp_path / "t"), "train_sft", "r", "b", {})["config_hash"] == "b"
+    manifests.save_manifest(out, manifest)
+    with pytest.raises(manifests.ResumeError, match="config hash hash-a"):
+        manifests.start_manifest(out, "generate_sft", "r", "hash-b", {})
+    with pytest.raises(manifests.ResumeError):  # a training run with checkpoints is committed work too
+        manifests.start_manifest(str(tmp_path / "t"), "train_sft", "r", "a", {})
+        manifests.start_manifest(str(tmp_path / "t"), "train_sft", "r", "b", {}, other_work=True)
+    assert manifests.start_manifest(str(tmp_path / "t"), "train_sft", "r", "b", {})["config_hash"] == "b"

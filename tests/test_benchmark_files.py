@@ -1,4 +1,4 @@
-"""moaa.benchmark_files and ``moaa fetch-benchmarks`` against the real benchmark files: from the shared data
+"""moaa.benchmarks.files and ``moaa fetch-benchmarks`` against the real benchmark files: from the shared data
 folder beside the checkout (see its SOURCES.md), from a corrupted or partial copy of it, and over HTTP from
 a server on 127.0.0.1. Nothing here reaches the internet; the tests skip when the shared folder is missing."""
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from moaa import benchmark_files as BF
-from moaa.config import UserError
+from moaa.benchmarks import files as BF
+from moaa.core.config import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -212,7 +212,7 @@ def test_cli(tmp_path: Path, mirror: Path) -> None:
 
 def test_python_m(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "moaa.benchmark_files", str(tmp_path / "b"), "--from", str(DATA)],
+        [sys.executable, "-m", "moaa.benchmarks.files", str(tmp_path / "b"), "--from", str(DATA)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from moaa import benchmarks as B
-from moaa import prompts
+from moaa.judging import prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -522,7 +522,7 @@ def _sigmoid(z: float) -> float:
 
 def _write_df_gamed(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "index", *B._LC_FILE_COLUMNS[2:]])
+        writer = csv.DictWriter(f, fieldnames=["model", "index", *B.LC_FILE_COLUMNS[2:]])
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from test_train import sft_rows
 
 from jobs import generate_sft, prepare, train_sft
-from moaa import schemas, storage
-from moaa.config import load_config
-from moaa.engine import ModelSourceError
-from moaa.generate import GenerateSFTConfig
-from moaa.prepare import PrepareConfig
-from moaa.train import TrainSFTConfig
+from moaa.core import schemas, storage
+from moaa.core.config import load_config
+from moaa.engine.settings import ModelSourceError
+from moaa.stages.generate_sft import GenerateSFTConfig
+from moaa.stages.prepare import PrepareConfig
+from moaa.stages.train import TrainSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

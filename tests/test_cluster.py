@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from moaa.config import load_config
-from moaa.pipeline import STAGES
+from moaa.core.config import load_config
+from moaa.stages.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -184,7 +184,7 @@ def _remote_code_on(node, where: str = "") -> list[str]:
 
 
 def test_remote_code_runs_only_where_a_model_config_turns_it_on():
-    from moaa.engine import ModelConfig
+    from moaa.engine.settings import ModelConfig
 
     assert ModelConfig(model="org/model").trust_remote_code is False
     configs = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from moaa.config import ConfigError, load_config
-from moaa.generate import GenerateSFTConfig
+from moaa.core.config import ConfigError, load_config
+from moaa.stages.generate_sft import GenerateSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(ROOT.glob("configs/*/*.yaml"))
@@ -146,7 +146,7 @@ def test_cli_rejects_unknown_keys_with_exit_code_2_and_lists_keys_on_help():
 
 
 def test_relative_paths_are_absolute_against_the_folder_the_command_ran_from(tmp_path, monkeypatch):
-    from moaa.train import TrainSFTConfig
+    from moaa.stages.train import TrainSFTConfig
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my-model").mkdir()
@@ -166,7 +166,7 @@ def test_relative_paths_are_absolute_against_the_folder_the_command_ran_from(tmp
 
 
 def test_hub_ids_and_uris_are_left_as_they_are(tmp_path, monkeypatch):
-    from moaa.prepare import PrepareConfig
+    from moaa.stages.prepare import PrepareConfig
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(
@@ -214,7 +214,7 @@ def test_dtype_auto_picks_what_the_engines_node_runs_fast(monkeypatch):
     SmolLM2 on an AVX2 CPU); on GPU vLLM's own 'auto'; an explicit dtype is kept."""
     import torch
 
-    from moaa.engine import ModelConfig
+    from moaa.engine.settings import ModelConfig
 
     m = ModelConfig(model="org/model", dtype="auto")
     for has_bf16, want in [(True, "bfloat16"), (False, "float32")]:

@@ -12,10 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import benchmarks, evaluate, prompts, schemas
-from moaa.config import ConfigError, load_config
-from moaa.engine import Completion, SamplingConfig
-from moaa.evaluate import EvaluateConfig
+from moaa import benchmarks
+from moaa.core import schemas
+from moaa.core.config import ConfigError, load_config
+from moaa.engine.settings import Completion, SamplingConfig
+from moaa.judging import prompts
+from moaa.stages import evaluate
+from moaa.stages.evaluate import EvaluateConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -498,7 +501,7 @@ def test_alpaca_lc_is_computed_when_its_glm_data_is_configured(tmp_path):
     # a df_gamed.csv in alpaca_eval's layout for these n instructions (the real one is on the HF Hub)
     gamed = tmp_path / "df_gamed.csv"
     with open(gamed, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "index", *benchmarks._LC_FILE_COLUMNS[2:]])
+        w = csv.DictWriter(f, fieldnames=["model", "index", *benchmarks.LC_FILE_COLUMNS[2:]])
         w.writeheader()
         for model, sign in (("gpt4_1106_preview_verbose", -1), ("gpt4_1106_preview_concise", 1)):
             for i in range(n):

@@ -11,12 +11,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import generate, preference, schemas, storage
-from moaa.config import load_config
-from moaa.engine import start_pools, stop_pools
-from moaa.generate import GenerateSFTConfig
-from moaa.preference import GenerateDPOConfig
-from moaa.runs import ResumeError
+from moaa.core import schemas, storage
+from moaa.core.config import load_config
+from moaa.core.manifests import ResumeError
+from moaa.engine.vllm import start_pools, stop_pools
+from moaa.stages import generate_dpo, generate_sft
+from moaa.stages.generate_dpo import GenerateDPOConfig
+from moaa.stages.generate_sft import GenerateSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def _cfg(tiny_models: Path, prompts_dir: Path, out: Path, *extra: str) -> Genera
 def moa_run(tmp_path_factory, tiny_models, prompts_dir, ray_local):
     out = tmp_path_factory.mktemp("dpo") / "generate_dpo"
     cfg = _cfg(tiny_models, prompts_dir, out)
-    summary = preference.run(cfg)
+    summary = generate_dpo.run(cfg)
     rows = pq.read_table(out / "data").to_pylist()
     return {"out": out, "cfg": cfg, "summary": summary, "rows": rows}
 
@@ -139,7 +140,7 @@ def test_judge_calls_are_complete_and_every_final_verdict_parses(moa_run):
 
 def test_rerun_of_the_finished_stage_writes_nothing(moa_run):
     before = {p: p.stat().st_mtime_ns for p in moa_run["out"].rglob("*")}
-    assert preference.run(moa_run["cfg"]) == moa_run["summary"]
+    assert generate_dpo.run(moa_run["cfg"]) == moa_run["summary"]
     assert {p: p.stat().st_mtime_ns for p in moa_run["out"].rglob("*")} == before
     manifest = json.loads((moa_run["out"] / "manifest.json").read_text())
     assert manifest["status"] == "complete" and "resumed" not in manifest
@@ -147,7 +148,7 @@ def test_rerun_of_the_finished_stage_writes_nothing(moa_run):
 
 def test_preference_parquet_trains_in_train_dpo(moa_run, tiny_models, tmp_path):
     from jobs import train_dpo
-    from moaa.train import TrainDPOConfig
+    from moaa.stages.train import TrainDPOConfig
 
     if moa_run["summary"].metrics["pairs"] == 0:
         pytest.skip("no pairs to train on")
@@ -194,8 +195,8 @@ def moa_sft_run(tmp_path_factory, tiny_models, ray_local):
     pools = start_pools([*sft_cfg.models(), *cfg.models()])
     try:
         assert len(pools) == 3  # the three tiny models, each one engine for every role
-        generate.run(sft_cfg, pools=pools)
-        summary = preference.run(cfg, pools=pools)
+        generate_sft.run(sft_cfg, pools=pools)
+        summary = generate_dpo.run(cfg, pools=pools)
     finally:
         stop_pools(pools)
     sft_data = runs_dir / "test/generate_sft/data"
@@ -257,7 +258,7 @@ def test_moa_sft_summary_has_the_default_keys_and_the_aggregate_top_rate(moa_sft
     assert m["pairs"] == sum(r["status"] == "pair" for r in rows) > 0
     assert s.rows == len(rows) and s.errors == 1 and m["verdict_parse_rate"] == 1.0
     judged = [r for r in rows if r["status"] in ("pair", "tie")]
-    top = sum(preference.aggregate_on_top(r["candidates"]) for r in judged)
+    top = sum(generate_dpo.aggregate_on_top(r["candidates"]) for r in judged)
     assert m["aggregate_top_rate"] == round(top / len(judged), 4)
     assert not any(k.startswith("policy/") for k in s.tokens)
     d = moa_run["summary"].metrics
@@ -266,7 +267,7 @@ def test_moa_sft_summary_has_the_default_keys_and_the_aggregate_top_rate(moa_sft
 
 
 def test_moa_sft_rerun_does_nothing_and_the_other_strategy_is_refused_there(moa_sft_run):
-    assert preference.run(moa_sft_run["cfg"]) == moa_sft_run["summary"]
+    assert generate_dpo.run(moa_sft_run["cfg"]) == moa_sft_run["summary"]
     other = moa_sft_run["cfg"].model_copy(update={"pairs": "policy_samples"})
     with pytest.raises(ResumeError, match="config hash"):
-        preference.run(other)
+        generate_dpo.run(other)

@@ -16,11 +16,13 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import generate, moa, schemas, storage
-from moaa.config import load_config
-from moaa.generate import GenerateSFTConfig
-from moaa.prompts import AGGREGATE_AND_SYNTHESIZE
-from moaa.runs import ResumeError
+from moaa.core import schemas, storage
+from moaa.core.config import load_config
+from moaa.core.manifests import ResumeError
+from moaa.judging import moa
+from moaa.judging.prompts import AGGREGATE_AND_SYNTHESIZE
+from moaa.stages import generate_sft
+from moaa.stages.generate_sft import GenerateSFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs/generate_sft/tiny.yaml"
@@ -99,7 +101,7 @@ def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
     first_shard_mtime = (out / "data" / "part-00000.parquet").stat().st_mtime_ns
 
     cfg = load_config(GenerateSFTConfig, TINY, args)
-    summary = generate.run(cfg)
+    summary = generate_sft.run(cfg)
     return {"out": out, "summary": summary, "cfg": cfg, "first_shard_mtime": first_shard_mtime}
 
 
@@ -221,11 +223,11 @@ def test_a_rerun_is_a_no_op_and_other_settings_are_refused(killed_then_resumed):
     cfg = killed_then_resumed["cfg"]
     out = killed_then_resumed["out"]
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    assert generate.run(cfg) == killed_then_resumed["summary"]
+    assert generate_sft.run(cfg) == killed_then_resumed["summary"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written
     other = cfg.model_copy(update={"layers": 3})
     with pytest.raises(ResumeError, match="config hash"):
-        generate.run(other)
+        generate_sft.run(other)
 
 
 def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models, prompts_dir, ray_local):
@@ -236,7 +238,7 @@ def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models
     cfg = load_config(
         GenerateSFTConfig, TINY, _overrides(tiny_models, one_shard, tmp_path / "out", "layers=3")
     )
-    summary = generate.run(cfg)
+    summary = generate_sft.run(cfg)
     assert summary.rows == 1 and summary.errors == 0
     (row,) = _rows(tmp_path / "out")
     for turn in (1, 2):
@@ -261,7 +263,7 @@ def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models
 def test_missing_prompts_give_a_clear_error(tmp_path):
     cfg = GenerateSFTConfig(input_dir=str(tmp_path / "nothing"), output_dir=str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="run `python -m jobs.prepare` first"):
-        generate.run(cfg)
+        generate_sft.run(cfg)
 
 
 def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
@@ -272,7 +274,7 @@ def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
     pq.write_table(pa.table({"prompt": ["hi"]}), d / "part-00000.parquet")
     cfg = GenerateSFTConfig(input_dir=str(d), output_dir=str(tmp_path / "out"))
     with pytest.raises(schemas.SchemaError, match=r"part-00000.parquet: missing column"):
-        generate.run(cfg)
+        generate_sft.run(cfg)
     assert not (tmp_path / "out").exists()  # inputs are checked before the output folder is touched
 
 
@@ -296,7 +298,7 @@ def test_an_engine_killed_mid_request_is_survived_with_every_row_once(
     watcher = threading.Thread(target=_kill_a_busy_engine, args=(killed, stop), daemon=True)
     watcher.start()
     try:
-        summary = generate.run(cfg)
+        summary = generate_sft.run(cfg)
     finally:
         stop.set()
         watcher.join(timeout=5)

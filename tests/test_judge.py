@@ -2,9 +2,10 @@
 
 import pytest
 
-from moaa import judge, schemas
-from moaa.engine import Completion
-from moaa.prompts import JUDGE_CRITERIA
+from moaa.core import schemas
+from moaa.engine.settings import Completion
+from moaa.judging import judge
+from moaa.judging.prompts import JUDGE_CRITERIA
 
 
 def test_criteria_choices_are_distinct_triples_and_parse_back():
@@ -214,9 +215,9 @@ def test_decide_counts_only_the_modes_calls():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from moaa.config import load_config
-    from moaa.judge_eval import JudgeEvalConfig
-    from moaa.preference import GenerateDPOConfig
+    from moaa.core.config import load_config
+    from moaa.stages.generate_dpo import GenerateDPOConfig
+    from moaa.stages.judge_eval import JudgeEvalConfig
 
     root = Path(__file__).resolve().parent.parent
     assert GenerateDPOConfig().n == 3 and GenerateDPOConfig().judge.mode == "moa"

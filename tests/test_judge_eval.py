@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import judge_eval, schemas, storage
-from moaa.config import ConfigError, load_config
-from moaa.judge_eval import JudgeEvalConfig
+from moaa.core import schemas, storage
+from moaa.core.config import ConfigError, load_config
+from moaa.stages import judge_eval
+from moaa.stages.judge_eval import JudgeEvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -146,7 +147,7 @@ def test_jury_and_single_need_no_aggregator():
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
-    from moaa.config import UserError
+    from moaa.core.config import UserError
 
     with pytest.raises(UserError, match="not found"):
         judge_eval.labeled_pairs(str(tmp_path / "nope.jsonl"))
@@ -162,18 +163,18 @@ def test_bad_inputs_are_user_errors(tmp_path):
 
 
 def test_generate_dpo_without_prompts_leaves_no_output(tmp_path):
-    from moaa import preference
-    from moaa.runs import MissingInputError
+    from moaa.core.manifests import MissingInputError
+    from moaa.stages import generate_dpo
 
     (tmp_path / "empty").mkdir()
     cfg = load_config(
-        preference.GenerateDPOConfig,
+        generate_dpo.GenerateDPOConfig,
         None,
         [f"input_dir={tmp_path / 'empty'}", f"output_dir={tmp_path / 'out'}"],
     )
     with pytest.raises(MissingInputError, match="jobs.prepare"):
-        preference.run(cfg)
+        generate_dpo.run(cfg)
     assert not (tmp_path / "out").exists()
-    cfg = load_config(preference.GenerateDPOConfig, None, [f"runs_dir={tmp_path}", "run_id=none"])
+    cfg = load_config(generate_dpo.GenerateDPOConfig, None, [f"runs_dir={tmp_path}", "run_id=none"])
     with pytest.raises(MissingInputError, match="prepare"):
-        preference.run(cfg)
+        generate_dpo.run(cfg)

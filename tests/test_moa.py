@@ -2,9 +2,9 @@
 
 import pytest
 
-from moaa import moa
-from moaa.engine import Completion
-from moaa.prompts import AGGREGATE_AND_SYNTHESIZE
+from moaa.engine.settings import Completion
+from moaa.judging import moa
+from moaa.judging.prompts import AGGREGATE_AND_SYNTHESIZE
 
 
 def _state(user_turns, system=None, n_turns=None):

@@ -22,7 +22,7 @@ import pytest
 from test_submit import ENV, _free_port, _job_ids, _ray_processes_since
 from test_train import sft_rows
 
-from moaa import schemas, storage
+from moaa.core import schemas, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MOAA = [sys.executable, "-m", "jobs.cli", "submit"]

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from moaa import schemas
-from moaa.config import ConfigError, load_config
-from moaa.pipeline import STAGES, PipelineConfig
+from moaa.core import schemas
+from moaa.core.config import ConfigError, load_config
+from moaa.stages.pipeline import STAGES, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from moaa import judge, preference, runs, schemas, storage
-from moaa.config import load_config
-from moaa.engine import Completion
-from moaa.judge import JudgeConfig
-from moaa.preference import GenerateDPOConfig
+from moaa.core import manifests, schemas, storage
+from moaa.core.config import load_config
+from moaa.engine.settings import Completion
+from moaa.judging import judge
+from moaa.judging.judge import JudgeConfig
+from moaa.stages import generate_dpo
+from moaa.stages.generate_dpo import GenerateDPOConfig
 
 
 def _p(turn, layer, model, content):
@@ -54,7 +56,7 @@ def _sft_row(pid="p1", turns=(("Q?", ["pa", "pb"], "AGG"),), layers=2, error=Non
 
 
 def test_a_single_turn_row_gives_the_aggregate_first_then_its_proposals():
-    s = preference.sft_state(_sft_row(), "part-00000.parquet")
+    s = generate_dpo.sft_state(_sft_row(), "part-00000.parquet")
     assert s["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"}]
     assert s["candidates"] == ["AGG", "pa", "pb"]
     assert s["candidate_meta"] == [
@@ -67,7 +69,7 @@ def test_a_single_turn_row_gives_the_aggregate_first_then_its_proposals():
 
 def test_a_multi_turn_row_uses_its_last_turn_and_last_proposer_layer():
     row = _sft_row(turns=(("Hi", ["h1", "h2"], "HELLO"), ("Bye?", ["b1", "b2"], "BYE")), layers=3)
-    s = preference.sft_state(row, "x")
+    s = generate_dpo.sft_state(row, "x")
     assert [m["content"] for m in s["prompt"]] == ["Be brief.", "Hi", "HELLO", "Bye?"]
     assert s["prompt"][-1]["role"] == "user"
     # layer 2 is the last proposer layer (layer 1's texts are "b1@1", "b2@1"); turn 1 is history
@@ -77,15 +79,15 @@ def test_a_multi_turn_row_uses_its_last_turn_and_last_proposer_layer():
 def test_a_failed_sft_row_keeps_its_error_and_gets_no_candidates():
     row = _sft_row(error="prompt too long: 5000 tokens", error_stage="turn1/layer1/a, turn1/layer1/b")
     row["messages"], row["proposals"] = [{"role": "system", "content": "Be brief."}], []
-    s = preference.sft_state(row, "x")
+    s = generate_dpo.sft_state(row, "x")
     assert s["candidates"] == [] and s["error"] == "prompt too long: 5000 tokens"
     assert s["error_stage"] == "generate_sft/turn1/layer1/a, turn1/layer1/b"
-    out = preference.decide_against_aggregate(s, JudgeConfig(mode="single"))
+    out = generate_dpo.decide_against_aggregate(s, JudgeConfig(mode="single"))
     assert out["status"] == "error" and out["chosen"] == [] and out["error"].startswith("prompt too long")
     # a row without its last turn's answers (not written by generate_sft) is an error row too, not dropped
     broken = _sft_row()
     broken["proposals"] = []
-    s = preference.sft_state(broken, "x")
+    s = generate_dpo.sft_state(broken, "x")
     assert s["candidates"] == [] and s["error_stage"] == "moa_sft" and "last turn" in s["error"]
 
 
@@ -102,7 +104,7 @@ def test_a_failed_sft_row_keeps_its_error_and_gets_no_candidates():
     ],
 )
 def test_the_pick_is_the_aggregate_against_the_worst_different_proposal(cands, score, expected):
-    assert preference.select_against_aggregate(cands, score) == expected
+    assert generate_dpo.select_against_aggregate(cands, score) == expected
 
 
 def _judged(cands, quality):
@@ -131,31 +133,31 @@ def test_decide_keeps_the_judges_scores_and_picks_against_the_aggregate():
     # the judge likes proposal 1 best: the default strategy would choose it; moa_sft still chooses the
     # aggregate, and rejects proposal 2, which it beats
     state, jc = _judged(["AGG", "best", "worst"], [1, 2, 0])
-    row = preference.decide_against_aggregate(state, jc)
+    row = generate_dpo.decide_against_aggregate(state, jc)
     assert judge.decide(state, jc.mode, jc.judge_names())["chosen_index"] == 1
     assert (row["status"], row["chosen_index"], row["rejected_index"], row["error"]) == ("pair", 0, 2, None)
     assert row["chosen"] == [{"role": "assistant", "content": "AGG"}]
     assert row["rejected"] == [{"role": "assistant", "content": "worst"}]
     assert row["score_margin"] == row["chosen_score"] - row["rejected_score"] > 0
-    assert not preference.aggregate_on_top(row["candidates"])
+    assert not generate_dpo.aggregate_on_top(row["candidates"])
     provenance = {"policy_model": None, "run_id": "r", "config_hash": "h", "moaa_version": "0"}
     schemas.to_table([{**row, **provenance}], "preference")
 
     state, jc = _judged(["AGG", "p", "q"], [0, 1, 1])  # the aggregate loses to both
-    row = preference.decide_against_aggregate(state, jc)
+    row = generate_dpo.decide_against_aggregate(state, jc)
     assert (row["status"], row["chosen"], row["rejected"]) == ("tie", [], [])
     assert row["error"] == "no pair: the aggregated answer does not score above the worst proposal"
 
     state, jc = _judged(["AGG", "p", "q"], [2, 1, 0])
-    row = preference.decide_against_aggregate(state, jc)
-    assert row["status"] == "pair" and preference.aggregate_on_top(row["candidates"])
+    row = generate_dpo.decide_against_aggregate(state, jc)
+    assert row["status"] == "pair" and generate_dpo.aggregate_on_top(row["candidates"])
 
 
 def test_aggregate_on_top_ignores_copies_of_the_aggregate():
     c = [{"content": "A", "score": 0.5}, {"content": "A", "score": 0.75}, {"content": "q", "score": 0.25}]
-    assert preference.aggregate_on_top(c)
-    assert not preference.aggregate_on_top(c[:2]) and not preference.aggregate_on_top([])
-    assert not preference.aggregate_on_top([c[0], {"content": "q", "score": 0.5}])  # a tie is not on top
+    assert generate_dpo.aggregate_on_top(c)
+    assert not generate_dpo.aggregate_on_top(c[:2]) and not generate_dpo.aggregate_on_top([])
+    assert not generate_dpo.aggregate_on_top([c[0], {"content": "q", "score": 0.5}])  # a tie is not on top
 
 
 # ----------------------------------------------------------------------------------------- config, plan
@@ -199,28 +201,28 @@ def _write_sft(folder, name, rows):
 
 def test_plan_sft_needs_a_finished_generate_sft_and_splits_the_limit_by_file(tmp_path):
     base = [f"runs_dir={tmp_path}", "run_id=r", "pairs=moa_sft"]
-    with pytest.raises(runs.MissingInputError, match="generate_sft"):
-        preference.plan(load_config(GenerateDPOConfig, None, base))
+    with pytest.raises(manifests.MissingInputError, match="generate_sft"):
+        generate_dpo.plan(load_config(GenerateDPOConfig, None, base))
     sft = tmp_path / "r/generate_sft"
     (sft / "data").mkdir(parents=True)
     _write_sft(sft / "data", "part-00000.parquet", [_sft_row(f"a{i}") for i in range(3)])
     _write_sft(sft / "data", "part-00001.parquet", [_sft_row("b0", turns=(("x", ["1", "2"], "y"),) * 2)])
-    runs.start_manifest(str(sft), "generate_sft", "r", "h", {})
-    with pytest.raises(runs.MissingInputError, match="not finished"):
-        preference.plan(load_config(GenerateDPOConfig, None, base))
-    runs.finish_manifest(str(sft), runs.load_manifest(str(sft)))
-    planned, skipped = preference.plan(load_config(GenerateDPOConfig, None, base))
+    manifests.start_manifest(str(sft), "generate_sft", "r", "h", {})
+    with pytest.raises(manifests.MissingInputError, match="not finished"):
+        generate_dpo.plan(load_config(GenerateDPOConfig, None, base))
+    manifests.finish_manifest(str(sft), manifests.load_manifest(str(sft)))
+    planned, skipped = generate_dpo.plan(load_config(GenerateDPOConfig, None, base))
     assert [(s.name, s.rows) for s in planned] == [("part-00000.parquet", 3), ("part-00001.parquet", 1)]
     assert skipped == 0  # multi-turn rows are judged on their last turn
-    planned, _ = preference.plan(load_config(GenerateDPOConfig, None, [*base, "limit=2"]))
+    planned, _ = generate_dpo.plan(load_config(GenerateDPOConfig, None, [*base, "limit=2"]))
     assert [s.rows for s in planned] == [2, 0]
-    assert len(preference.load_sft(planned[0].source, planned[0].params)) == 2
+    assert len(generate_dpo.load_sft(planned[0].source, planned[0].params)) == 2
     # sft_dir: any folder, no manifest needed; prompts shards there are refused by schema
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     rows = [{"prompt_id": "q", "source": "t", "messages": [{"role": "user", "content": "Q"}], "n_turns": 1}]
     storage.write_parquet(schemas.to_table(rows, "prompts"), str(prompts / "part-00000.parquet"))
     with pytest.raises(schemas.SchemaError, match="sft"):
-        preference.plan(load_config(GenerateDPOConfig, None, [*base, f"sft_dir={prompts}"]))
-    planned, _ = preference.plan(load_config(GenerateDPOConfig, None, [*base, f"sft_dir={sft / 'data'}"]))
+        generate_dpo.plan(load_config(GenerateDPOConfig, None, [*base, f"sft_dir={prompts}"]))
+    planned, _ = generate_dpo.plan(load_config(GenerateDPOConfig, None, [*base, f"sft_dir={sft / 'data'}"]))
     assert sum(s.rows for s in planned) == 4

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import prepare as prepare_job
-from moaa import runs, schemas, storage
-from moaa.config import load_config
-from moaa.prepare import (
+from moaa.core import manifests, schemas, storage
+from moaa.core.config import load_config
+from moaa.stages.prepare import (
     PrepareConfig,
     PrepareError,
     RowError,
@@ -258,7 +258,7 @@ def test_sample_run_quarantine(sample_run: tuple[Path, dict]) -> None:
 
 def test_sample_run_manifest(sample_run: tuple[Path, dict]) -> None:
     out, _ = sample_run
-    manifest = runs.require_complete(str(out), "prepare")
+    manifest = manifests.require_complete(str(out), "prepare")
     assert sorted(manifest["shards"]) == [f"prompts/part-0000{i}.parquet" for i in range(3)]
     assert manifest["prompts"] == str(out / "prompts")
     assert [v["rows"] for v in manifest["shards"].values()] == [16, 16, 13]
@@ -421,14 +421,14 @@ def test_rerun_is_skipped_and_other_config_is_refused(tmp_path: Path, capsys: py
     assert main(cfg_for(out)) == first
     assert "is complete with this config: nothing to do" in capsys.readouterr().out
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
-    with pytest.raises(runs.ResumeError, match="config hash"):
+    with pytest.raises(manifests.ResumeError, match="config hash"):
         main(cfg_for(out, rows_per_shard=8))
 
 
 def test_interrupted_run_is_redone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cfg = cfg_for(out)
-    runs.start_manifest(str(out), "prepare", "demo", cfg.fingerprint(), {})  # status stays "running"
+    manifests.start_manifest(str(out), "prepare", "demo", cfg.fingerprint(), {})  # status stays "running"
     (out / "prompts").mkdir()
     (out / "prompts" / "part-00009.parquet").write_bytes(b"stale")  # left by a killed attempt
     summary = main(cfg)
@@ -493,7 +493,7 @@ def test_cli_runs_the_tiny_config(tmp_path: Path) -> None:
         f"prepare: 45 prompts in 3 shards (33 ultrafeedback, 12 ultrachat), 5 quarantined -> {out}"
         in proc.stdout
     )
-    runs.require_complete(str(out), "prepare")
+    manifests.require_complete(str(out), "prepare")
     assert storage.read_json(str(out / "summary.json"))["rows"] == 45
 
 

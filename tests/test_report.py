@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from moaa import report, schemas, storage
-from moaa.config import UserError, load_config
-from moaa.stage import Summary, TokenCount
+from moaa.core import schemas, storage
+from moaa.core.config import UserError, load_config
+from moaa.core.stage import Summary, TokenCount
+from moaa.stages import report
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM = "/opt/moaa/models/smollm2/SmolLM2-135M-Instruct"  # is_embedded looks at the folder name only

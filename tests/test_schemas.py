@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from moaa import schemas
+from moaa.core import schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 

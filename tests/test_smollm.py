@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from moaa import smollm
-from moaa.engine import EnginePool, SamplingConfig
+from moaa.embedded import smollm
+from moaa.engine.settings import SamplingConfig
+from moaa.engine.vllm import EnginePool
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,8 @@ def _loops(text: str) -> bool:
 def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(model, ray_local, tmp_path):
     import pyarrow.parquet as pq
 
-    from moaa import generate, schemas, storage
+    from moaa.core import schemas, storage
+    from moaa.stages import generate_sft
 
     def row(pid: str, turns: list[str]) -> dict:
         messages = [
@@ -111,8 +113,8 @@ def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(m
     rows = [row(f"q{i}", [q]) for i, q in enumerate(questions)]
     rows.append(row("chat", ["Suggest a name for a dog.", "Why that name?"]))
     storage.write_parquet(schemas.to_table(rows, "prompts"), str(prompts / "part-00000.parquet"))
-    from moaa.config import load_config
-    from moaa.generate import GenerateSFTConfig
+    from moaa.core.config import load_config
+    from moaa.stages.generate_sft import GenerateSFTConfig
 
     cfg = load_config(
         GenerateSFTConfig,
@@ -124,7 +126,7 @@ def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(m
             *(f"{k}.model={model}" for k in ("proposers.0", "proposers.1", "aggregator")),
         ],
     )
-    summary = generate.run(cfg)
+    summary = generate_sft.run(cfg)
     rows = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert summary.errors == 0 and len(rows) == summary.rows > 0
     finals = [r["messages"][-1]["content"] for r in rows]
@@ -141,9 +143,9 @@ def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(m
 
 
 def test_sft_lowers_the_loss_and_dpo_raises_the_reward_margin(model, tmp_path):
-    from moaa import schemas, storage
-    from moaa.config import load_config
-    from moaa.train import TrainDPOConfig, TrainSFTConfig, run_trl
+    from moaa.core import schemas, storage
+    from moaa.core.config import load_config
+    from moaa.stages.train import TrainDPOConfig, TrainSFTConfig, run_trl
 
     def sft_row(i: int) -> dict:
         return {

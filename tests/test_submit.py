@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cluster import scan_for_secrets  # the same scan as the shipped configs get
 
-from moaa import submit
+from moaa.core import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 MOAA = [sys.executable, "-m", "jobs.cli", "submit"]

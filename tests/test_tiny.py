@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moaa.models import ensure
-from moaa.tiny import TINY_MODELS
+from moaa.embedded.models import ensure
+from moaa.embedded.tiny import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 

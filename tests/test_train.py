@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from jobs import train_dpo, train_sft
-from moaa import schemas, storage
-from moaa.config import ConfigError, load_config
-from moaa.schemas import SchemaError
-from moaa.train import DataError, TrainDPOConfig, TrainSFTConfig, scaling_config
+from moaa.core import schemas, storage
+from moaa.core.config import ConfigError, load_config
+from moaa.core.schemas import SchemaError
+from moaa.stages.train import DataError, TrainDPOConfig, TrainSFTConfig, scaling_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT_ROWS, SFT_ERRORS = 36, 4

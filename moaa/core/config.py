@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from moaa.storage import is_uri
+from moaa.core.storage import is_uri
 
 T = TypeVar("T", bound="Config")
 
@@ -74,7 +74,7 @@ def hub_id_or_path(value: str) -> str:
     """A model or dataset name: a local path (it exists, starts with '.', '/' or '~', or has more than one
     '/': e.g. models/tiny/tiny-qwen2-a, built on first use) is made absolute; a hub id
     (``owner/name``), a URI and a reference to a model of this run (``run:train_sft``, see
-    ``moaa.layout``) stay as they are."""
+    ``moaa.core.layout``) stay as they are."""
     if is_uri(value) or value.startswith("run:"):
         return value
     if os.path.exists(os.path.expanduser(value)) or not _HUB_ID.match(value):
@@ -89,7 +89,7 @@ def model_source(value: str) -> str:
     value = hub_id_or_path(value)
     if is_uri(value) or value.startswith("run:") or not os.path.isabs(value):
         return value
-    from moaa.models import is_embedded
+    from moaa.embedded import is_embedded
 
     if is_embedded(value):
         return value
@@ -270,7 +270,7 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "") -> T:
         raise SystemExit(2) from None
     _print_user_errors_plainly(prog)
     if hasattr(cfg, "runs_dir") and hasattr(cfg, "verbose"):
-        from moaa import console
+        from moaa.core import console
 
         console.setup(cfg.runs_dir, cfg.run_id, prog or "job", cfg.verbose)
     return cfg
@@ -281,7 +281,7 @@ def _print_user_errors_plainly(prog: str) -> None:
     default_hook = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        from moaa import console
+        from moaa.core import console
 
         logs = console.where_logs()
         if isinstance(exc, UserError):

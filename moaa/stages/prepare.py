@@ -6,7 +6,7 @@ them). Outputs, under ``<runs_dir>/<run_id>/prepare/`` (or ``output_dir``):
 - ``prompts/part-NNNNN.parquet``: schema ``prompts`` (``schemas/prompts.json``);
 - ``quarantine.parquet``: schema ``quarantine``, every row that was set aside and why (always written);
 - ``summary.json``: rows in/out per source, quarantined rows per reason, shards, wall time;
-- ``manifest.json``: see ``moaa.runs``.
+- ``manifest.json``: see ``moaa.core.manifests``.
 
 Every input row ends up in exactly one place: a shard, the quarantine, or (only when ``subset`` is set)
 the rows the subset did not draw, which ``summary.json`` counts as ``not_sampled``.
@@ -36,9 +36,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa import benchmarks, runs, schemas, stage, storage
-from moaa.config import Config, HubIdOrPath, InputPath, UserError, config_hash
-from moaa.stage import StageConfig, Summary
+from moaa import benchmarks
+from moaa.core import manifests, schemas, stage, storage
+from moaa.core.config import Config, HubIdOrPath, InputPath, UserError, config_hash
+from moaa.core.stage import StageConfig, Summary
 
 STAGE = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -684,7 +685,9 @@ def run(cfg: PrepareConfig) -> Summary:
     out = cfg.out_dir()
     sources = open_sources(cfg)  # paths checked before the output folder is touched
     bench = Benchmarks.load(cfg.decontaminate)
-    manifest = runs.start_manifest(out, STAGE, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    manifest = manifests.start_manifest(
+        out, STAGE, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json")
+    )
     scan = validate_and_dedup(sources, cfg.dedup, bench, cfg.drop_contaminated)
     draw_subsets(scan, cfg)
     shards = write_shards(sources, scan, out, cfg.rows_per_shard)

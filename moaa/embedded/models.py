@@ -1,9 +1,9 @@
 """The embedded local models, built on first use from what the install brought (nothing is downloaded):
 
 - SmolLM2-135M-Instruct (``models/smollm2/SmolLM2-135M-Instruct``), a real instruction model: the embedded
-  default of every job (``moaa.smollm``);
+  default of every job (``moaa.embedded.smollm``);
 - three tiny random-weight models (``models/tiny/<name>``) for fast tests; their text is noise
-  (``moaa.tiny``).
+  (``moaa.embedded.tiny``).
 
     moaa make-models models          # both kinds
     moaa make-tiny-models models/tiny
@@ -14,13 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from moaa import smollm
-from moaa.tiny import TINY_MODELS, make_tiny_models
-
-
-def is_embedded(path: str) -> bool:
-    """A local path naming an embedded model, which moaa builds on first use."""
-    return "://" not in path and Path(path).name in {smollm.NAME, *(s.name for s in TINY_MODELS)}
+from moaa.embedded import is_embedded, smollm
+from moaa.embedded.tiny import TINY_MODELS, make_tiny_models
 
 
 def ensure(paths: list[str]) -> None:

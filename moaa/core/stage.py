@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from moaa import __version__, layout, runs, storage
-from moaa.config import Config, OutputPath, UserError
+from moaa import __version__
+from moaa.core import layout, manifests, storage
+from moaa.core.config import Config, OutputPath, UserError
 
 
 class EmptyResultError(UserError, RuntimeError):
@@ -35,7 +36,7 @@ class StageConfig(Config):
         description="Self-improvement round: round 1 writes <run_id>/<stage>, round r <run_id>/round-r.",
     )
     output_dir: OutputPath | None = Field(
-        None, description="Output folder; null: where the run layout puts this stage (moaa/layout.py)."
+        None, description="Output folder; null: where the run layout puts this stage (moaa/core/layout.py)."
     )
     ray_address: str | None = Field(
         None, description="Ray cluster address; null: RAY_ADDRESS or a local Ray."
@@ -94,13 +95,13 @@ class Summary(Config):
 
 def finished(cfg: StageConfig) -> Summary | None:
     """The stored summary when ``cfg``'s folder holds this configuration's finished work, else None. Another
-    configuration's work there is refused (``runs.ResumeError``)."""
+    configuration's work there is refused (``manifests.ResumeError``)."""
     out = cfg.out_dir()
-    manifest = runs.load_manifest(out)
-    summary_path = storage.join(out, runs.SUMMARY)
+    manifest = manifests.load_manifest(out)
+    summary_path = storage.join(out, manifests.SUMMARY)
     if manifest is None or manifest.get("status") != "complete" or not storage.exists(summary_path):
         return None
-    runs.check_same_config(out, manifest, cfg.stage, cfg.fingerprint())
+    manifests.check_same_config(out, manifest, cfg.stage, cfg.fingerprint())
     print(f"[{cfg.stage}] {out} is complete with this config: nothing to do (another run_id starts over)")
     return Summary.model_validate(storage.read_json(summary_path))
 
@@ -151,8 +152,8 @@ def complete(
             f"{cfg.stage}: nothing to pass on: {why} (see {', '.join(result.outputs.values())}); fix the "
             f"cause, then rerun with another run_id or after deleting {out}"
         )
-    storage.write_json(storage.join(out, runs.SUMMARY), result.model_dump(mode="json"))
-    runs.finish_manifest(out, manifest, **result.outputs)
+    storage.write_json(storage.join(out, manifests.SUMMARY), result.model_dump(mode="json"))
+    manifests.finish_manifest(out, manifest, **result.outputs)
     return result
 
 

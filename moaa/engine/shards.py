@@ -25,18 +25,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from moaa import console, runs, stage, storage
-from moaa.engine import (
-    EnginePool,
-    EngineStage,
-    ModelConfig,
-    check_local,
-    check_sources,
-    engine_key,
-    model_settings,
-    start_pools,
-    stop_pools,
-)
+from moaa.core import console, manifests, stage, storage
+from moaa.engine.settings import ModelConfig, check_local, check_sources, engine_key, model_settings
+from moaa.engine.vllm import EnginePool, EngineStage, start_pools, stop_pools
 
 # Light tasks (reading, caller actors) take little CPU so that engine actors holding fractional CPUs never
 # starve them on a small machine.
@@ -58,12 +49,11 @@ class Shard:
 
 
 def init_ray(address: str | None) -> None:
-    """Start (or connect to) Ray for a job; a command-line job's console stays moaa's (``moaa.console``)."""
-    import ray
+    """Start (or connect to) Ray for a job; a command-line job's console stays moaa's
+    (``moaa.core.console``)."""
+    import ray.data
 
-    if not ray.is_initialized():
-        ray.init(address=address, **console.ray_init_kwargs())
-        console.ray_started()
+    console.start_ray(address)
     ray.data.DataContext.get_current().execution_options.preserve_order = False
 
 
@@ -152,7 +142,7 @@ class _Committer:
             files.append(posixpath.join(folder, name))
             storage.write_parquet(table, storage.join(self.out, folder, name))
         self.manifest["shards"][name] = {**stats, "files": files}
-        runs.save_manifest(self.out, self.manifest)
+        manifests.save_manifest(self.out, self.manifest)
         self.committed.append(name)
         self.completion_tokens += sum(t.get("completion_tokens", 0) for t in stats.get("tokens", {}).values())
 
@@ -181,7 +171,9 @@ def run(
     check_sources(model_settings(cfg))  # before the output folder, Ray or any engine
     check_local(models)
     out = cfg.out_dir()
-    manifest = runs.start_manifest(out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json"))
+    manifest = manifests.start_manifest(
+        out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json")
+    )
     todo = [s for s in shards if not is_committed(out, manifest, s.name)]
     committer = _Committer(out, manifest, todo, commit)
     for s in [s for s in todo if s.rows == 0]:  # nothing to send: commit the empty shard now

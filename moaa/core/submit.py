@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from moaa.config import UserError
+from moaa.core.config import UserError
 
 # Not uploaded with the working dir: the local environment, models and outputs (the cluster has its own).
 EXCLUDES = [".venv", ".git", "models", "runs", "bench/out", "*.egg-info", "__pycache__"]
@@ -38,7 +38,7 @@ class SubmitError(UserError, RuntimeError):
 
 
 def jobs_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "jobs"
+    return Path(__file__).resolve().parents[2] / "jobs"
 
 
 def known_jobs() -> list[str]:

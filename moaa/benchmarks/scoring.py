@@ -585,7 +585,7 @@ LC_GLMS: dict[str, tuple[tuple[str, ...], float | None]] = {
 }
 LC_N_SPLITS = 5
 LC_CS = np.logspace(-4, 4, 10)  # LogisticRegressionCV's default Cs=10
-_LC_FILE_COLUMNS = (
+LC_FILE_COLUMNS = (
     "model",
     "index",
     "preference",
@@ -674,11 +674,11 @@ def _lc_file(path: str | Path) -> dict[str, Any]:
     """df_gamed.csv as glm_winrate.py reads it (``pd.read_csv``): its rows, numbered from 0 as pandas does."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in _LC_FILE_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in LC_FILE_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(
                 f"{path}: not alpaca_eval's df_gamed.csv: columns {missing} missing (it needs "
-                f"{', '.join(_LC_FILE_COLUMNS)}); get df_gamed.csv from the tatsu-lab/alpaca_eval dataset"
+                f"{', '.join(LC_FILE_COLUMNS)}); get df_gamed.csv from the tatsu-lab/alpaca_eval dataset"
             )
         rows = list(reader)
     if not rows:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from moaa.config import UserError
+from moaa.core.config import UserError
 
 # The top-level ``schemas/`` folder, installed as a package with its JSON files (pyproject.toml), so that a
 # non-editable install finds the contracts too.

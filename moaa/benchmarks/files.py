@@ -17,7 +17,7 @@ that gives it with the right sha256 and written atomically. A source is
 
     moaa fetch-benchmarks                                   # from GitHub into data/benchmarks
     moaa fetch-benchmarks data/benchmarks --from ../shared/data --from github
-    python -m moaa.benchmark_files DIR --from SOURCE ...
+    python -m moaa.benchmarks.files DIR --from SOURCE ...
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moaa.config import UserError
+from moaa.core.config import UserError
 
 DEFAULT_DIR = "data/benchmarks"
 # The excerpt the embedded default evaluates on, shipped so that `make demo` needs no network (excerpt()).

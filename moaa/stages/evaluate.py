@@ -9,7 +9,7 @@ any path or URI) and a list of models: hub ids, local folders or models of this 
     results.parquet, results.json                   schema eval_results: one row per model and benchmark
     manifest.json, summary.json
 
-How it runs (``moaa.shards`` is the engine; a shard is one slice of one benchmark for one model): each
+How it runs (``moaa.engine.shards`` is the engine; a shard is one slice of one benchmark for one model): each
 model answers its rows (MT-Bench's second turn is a second pass that holds the model's own first answer),
 then the judge steps score what is answered. The judge is one engine (``judge.judges: [one model]``) or the
 MoA judge (several judges, then ``judge.aggregator`` reads their outputs and gives the final judgment), so
@@ -49,13 +49,17 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from moaa import benchmarks, layout, prompts, schemas, shards, smollm, stage, storage
-from moaa.benchmark_files import FILES as FULL_FILES
-from moaa.benchmark_files import SAMPLE_DIR
-from moaa.config import Config, InputPath, UserError
-from moaa.engine import Completion, EnginePool, ModelConfig, SamplingConfig
-from moaa.models import is_embedded
-from moaa.stage import Price, StageConfig, Summary
+from moaa import benchmarks
+from moaa.benchmarks.files import FILES as FULL_FILES
+from moaa.benchmarks.files import SAMPLE_DIR
+from moaa.core import layout, schemas, stage, storage
+from moaa.core.config import Config, InputPath, UserError
+from moaa.core.stage import Price, StageConfig, Summary
+from moaa.embedded import is_embedded, smollm
+from moaa.engine import shards
+from moaa.engine.settings import Completion, ModelConfig, SamplingConfig
+from moaa.engine.vllm import EnginePool
+from moaa.judging import prompts
 
 STAGE = "evaluate"
 BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
@@ -316,7 +320,7 @@ def _read(reader, path: str, key: str, *args: Any):
         return reader(_local_copy(path), *args)
     except (ValueError, KeyError, TypeError) as e:
         raise BenchmarkFileError(
-            f"{key}: {e} (expected the published layout, see moaa/benchmarks.py)"
+            f"{key}: {e} (expected the published layout, see moaa/benchmarks/)"
         ) from None
 
 

@@ -4,11 +4,12 @@
     <runs_dir>/<run_id>/report.md       the same content; links the PNGs below by relative path
     <runs_dir>/<run_id>/report/*.png    the plots
 
-It reads every stage folder present, round by round (``moaa/layout.py``): each ``summary.json`` (rows, errors,
-tokens, cost, wall time), the judge's numbers of ``generate_dpo`` and ``judge_eval``, the preference pairs'
-score margins, ``evaluate/results.parquet`` and a few SFT and DPO examples. A judge built on an embedded
-model (SmolLM2-135M, a tiny random model), or whose ``judge_eval`` accuracy is within the 95% binomial
-interval of a coin flip, is reported as at chance: its pairs and win rates show the mechanics, not quality.
+It reads every stage folder present, round by round (``moaa/core/layout.py``): each ``summary.json``
+(rows, errors, tokens, cost, wall time), the judge's numbers of ``generate_dpo`` and ``judge_eval``, the
+preference pairs' score margins, ``evaluate/results.parquet`` and a few SFT and DPO examples. A judge built
+on an embedded model (SmolLM2-135M, a tiny random model), or whose ``judge_eval`` accuracy is within the 95%
+binomial interval of a coin flip, is reported as at chance: its pairs and win rates show the mechanics, not
+quality.
 
 The report is not a stage (no manifest, no summary of its own) and writing it again replaces it.
 ``write(run_dir)`` is the API (the ``report`` job and the pipeline's end call it); the other functions are
@@ -29,10 +30,10 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa import layout, runs, smollm, storage
-from moaa.config import Config, OutputPath, UserError, absolute
-from moaa.models import is_embedded
-from moaa.stage import Summary
+from moaa.core import layout, manifests, storage
+from moaa.core.config import Config, OutputPath, UserError, absolute
+from moaa.core.stage import Summary
+from moaa.embedded import is_embedded, smollm
 
 STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate", "judge_eval")
 JUDGING_STAGES = ("generate_dpo", "evaluate", "judge_eval")
@@ -114,10 +115,10 @@ def round_folders(run_dir: str) -> list[tuple[int, str]]:
 def load_stage(stage: str, round: int, folder: str) -> StageResult:
     result = StageResult(stage=stage, round=round, folder=folder)
     try:
-        result.manifest = runs.load_manifest(folder)
+        result.manifest = manifests.load_manifest(folder)
     except (OSError, ValueError) as e:
         result.problem = f"manifest.json unreadable ({type(e).__name__}: {e})"
-    path = storage.join(folder, runs.SUMMARY)
+    path = storage.join(folder, manifests.SUMMARY)
     if not storage.exists(path):
         status = (result.manifest or {}).get("status", "no manifest")
         result.problem = f"not finished: no summary.json (manifest status: {status})"

@@ -27,10 +27,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from moaa import console, layout, models, runs, schemas, shards, smollm, stage, storage
-from moaa.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
-from moaa.engine import check_sources, check_uri_model
-from moaa.stage import StageConfig, Summary
+from moaa.core import console, layout, manifests, schemas, stage, storage
+from moaa.core.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
+from moaa.core.stage import StageConfig, Summary
+from moaa.embedded import models, smollm
+from moaa.engine.settings import check_sources, check_uri_model
 
 # Ray Train's print patch sends every print to its logger as well, which defeats dill's stdout capture when
 # `datasets` hashes TRL's map functions (pages of bytecode in the console); progress bars of weight loading
@@ -113,13 +114,13 @@ class TrainConfig(StageConfig):
         smollm.PATH,
         description="Model to train: hub id, local path (HF format), s3:// or gs:// URI of such a folder "
         "(copied to each node's MOAA_CACHE), or a model of this run (run:train_sft, "
-        "run:train_dpo@1; moaa/layout.py). The embedded models (models/smollm2/..., models/tiny/...) are "
-        "built when missing.",
+        "run:train_dpo@1; moaa/core/layout.py). The embedded models (models/smollm2/..., models/tiny/...) "
+        "are built when missing.",
     )
     data: InputPath | None = Field(
         None,
         description="Parquet file or folder of Parquet files; null: the upstream stage's data folder in this "
-        "run and round (moaa/layout.py).",
+        "run and round (moaa/core/layout.py).",
     )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Workers and devices.")
     checkpoint: CheckpointSettings = Field(
@@ -660,7 +661,7 @@ def fit(cfg: TrainConfig, files: list[str]) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    shards.init_ray(cfg.ray_address)
+    console.start_ray(cfg.ray_address)
     use_gpu = wants_gpu(cfg)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     trainer = TorchTrainer(
@@ -715,7 +716,7 @@ def run(cfg: TrainConfig) -> Summary:
     out = cfg.out_dir()
     ray_run = storage.join(cfg.storage_path, ray_run_name(cfg))
     checkpoints = [p for p in storage.list_dirs(ray_run) if posixpath.basename(p).startswith("checkpoint")]
-    manifest = runs.start_manifest(
+    manifest = manifests.start_manifest(
         out,
         cfg.stage,
         cfg.run_id,

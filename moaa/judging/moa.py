@@ -20,8 +20,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from moaa.engine import Completion
-from moaa.prompts import AGGREGATE_AND_SYNTHESIZE
+from moaa.engine.settings import Completion
+from moaa.judging.prompts import AGGREGATE_AND_SYNTHESIZE
 
 Messages = list[dict[str, str]]
 

@@ -1,5 +1,6 @@
 """The judge, in one place: its row functions (pure functions over one row's state, no engine, no Ray,
-like ``moaa.moa``), its modes, its config and its Ray Data pipeline, which generate_dpo and judge_eval run.
+like ``moaa.judging.moa``), its modes, its config and its Ray Data pipeline, which generate_dpo and
+judge_eval run.
 
 A row's state (one JSON string between Ray Data stages)::
 
@@ -30,10 +31,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from moaa import smollm
-from moaa.config import Config
-from moaa.engine import Completion, ModelConfig, SamplingConfig
-from moaa.prompts import (
+from moaa.core.config import Config
+from moaa.embedded import smollm
+from moaa.engine.settings import Completion, ModelConfig, SamplingConfig
+from moaa.judging.prompts import (
     AGGREGATE_JUDGMENTS,
     AGGREGATE_JUDGMENTS_USER,
     JUDGE_CRITERIA,
@@ -536,7 +537,7 @@ def build_judge_pipeline(ds, jc: JudgeConfig, pools: dict[str, Any]):
     criteria, per judge (a constrained choice of k criteria) -> pairs, per judge (all ordered pairs of a row
     in one engine call, regex-constrained "Evaluation: ...\\nVerdict: A|B|tie") -> aggregate (moa: a choice
     A|B|tie per ordered pair)."""
-    from moaa.shards import engine_stage
+    from moaa.engine.shards import engine_stage
 
     choices = criteria_choices(jc.criteria, jc.n_criteria)
     choice_tokens = 4 * max(len(c) for c in choices) + 8

@@ -1,5 +1,5 @@
 """MoAA-DPO preference data: candidates per prompt, judges compare every ordered pair, a DPO pair is picked
-from the scores. Runs on ``moaa.shards``. Two pair strategies (``pairs``):
+from the scores. Runs on ``moaa.engine.shards``. Two pair strategies (``pairs``):
 
 - ``policy_samples`` (default, the paper's): the policy (this round's SFT model) samples n answers per
   prompt; the best and worst answers become the pair. Input: the ``prompts`` shards written by
@@ -13,8 +13,8 @@ input row kept: ``prompt, chosen, rejected`` in TRL's conversational format, ``c
 ``judgments``, ``status``; rows without a pair carry the reason in ``error``), ``manifest.json`` and
 ``summary.json``.
 
-Steps: [policy_samples: policy (n samples, one request)] -> the judge pipeline of ``moaa.judge`` (criteria,
-pairs, aggregate) -> the strategy's pick.
+Steps: [policy_samples: policy (n samples, one request)] -> the judge pipeline of ``moaa.judging.judge``
+(criteria, pairs, aggregate) -> the strategy's pick.
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from moaa import judge, layout, runs, schemas, shards, smollm, stage, storage
-from moaa.config import InputPath
-from moaa.engine import EnginePool, ModelConfig
-from moaa.judge import JudgeConfig
-from moaa.stage import Price, StageConfig, Summary
+from moaa.core import layout, manifests, schemas, stage, storage
+from moaa.core.config import InputPath
+from moaa.core.stage import Price, StageConfig, Summary
+from moaa.embedded import smollm
+from moaa.engine import shards
+from moaa.engine.settings import ModelConfig
+from moaa.engine.vllm import EnginePool
+from moaa.judging import judge
+from moaa.judging.judge import JudgeConfig
 
 STAGE = "generate_dpo"
 SFT_STAGE = "generate_sft"
@@ -54,12 +58,12 @@ class GenerateDPOConfig(StageConfig):
     input_dir: InputPath | None = Field(
         None,
         description="Prompts shards (pairs=policy_samples); default: this run's prepare/prompts "
-        "(moaa/layout.py).",
+        "(moaa/core/layout.py).",
     )
     sft_dir: InputPath | None = Field(
         None,
         description="generate_sft data folder (pairs=moa_sft); default: this run and round's "
-        "generate_sft/data (moaa/layout.py), which must be complete.",
+        "generate_sft/data (moaa/core/layout.py), which must be complete.",
     )
     limit: int | None = Field(
         None,
@@ -316,10 +320,10 @@ def plan(cfg: GenerateDPOConfig) -> tuple[list[shards.Shard], int]:
         return plan_sft(cfg), 0
     in_dir = cfg.in_dir()
     if cfg.input_dir is None:  # the default chains on this run's prepare stage: it must have finished
-        runs.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
+        manifests.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
     inputs = sorted(storage.list_files(in_dir, ".parquet"))
     if not inputs:
-        raise runs.MissingInputError(
+        raise manifests.MissingInputError(
             f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first"
         )
     left = cfg.limit if cfg.limit is not None else float("inf")
@@ -333,7 +337,7 @@ def plan(cfg: GenerateDPOConfig) -> tuple[list[shards.Shard], int]:
         left -= take
         planned.append(shards.Shard(posixpath.basename(p), p, rows=take, params={"limit": take}))
     if not any(s.rows for s in planned):
-        raise runs.MissingInputError(
+        raise manifests.MissingInputError(
             f"no single-turn prompts in {in_dir} ({multi_turn} multi-turn rows, which generate_dpo skips): "
             "give prompts with one user turn"
         )
@@ -345,10 +349,10 @@ def plan_sft(cfg: GenerateDPOConfig) -> list[shards.Shard]:
     multi-turn ones included (their last turn is judged)."""
     in_dir = cfg.in_dir()
     if cfg.sft_dir is None:  # the default chains on this round's generate_sft stage: it must have finished
-        runs.require_complete(posixpath.dirname(in_dir.rstrip("/")), SFT_STAGE)
+        manifests.require_complete(posixpath.dirname(in_dir.rstrip("/")), SFT_STAGE)
     inputs = sorted(storage.list_files(in_dir, ".parquet"))
     if not inputs:
-        raise runs.MissingInputError(
+        raise manifests.MissingInputError(
             f"no .parquet generate_sft data in {in_dir}: run `python -m jobs.generate_sft` first "
             "(pairs=moa_sft builds its pairs from that data), or set sft_dir"
         )
@@ -360,7 +364,7 @@ def plan_sft(cfg: GenerateDPOConfig) -> list[shards.Shard]:
         left -= take
         planned.append(shards.Shard(posixpath.basename(p), p, rows=take, params={"limit": take}))
     if not any(s.rows for s in planned):
-        raise runs.MissingInputError(f"no rows in the generate_sft data in {in_dir}")
+        raise manifests.MissingInputError(f"no rows in the generate_sft data in {in_dir}")
     return planned
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from moaa import __version__, storage
-from moaa.config import UserError
+from moaa import __version__
+from moaa.core import storage
+from moaa.core.config import UserError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"

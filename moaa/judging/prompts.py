@@ -61,7 +61,7 @@ AGGREGATE_JUDGMENTS_USER = """{pair}
 Final verdict (A, B or tie):"""
 
 # ------------------------------------------------------------------------------- benchmark judges
-# The judge prompts of the published benchmarks, verbatim, for the evaluate job (moaa/benchmarks.py holds the
+# The judge prompts of the published benchmarks, verbatim, for the evaluate job (moaa/benchmarks/ holds the
 # scoring). Each is a byte-exact copy of the file named beside it, as listed in shared/data/SOURCES.md.
 
 # AlpacaEval 2 judge (annotator weighted_alpaca_eval_gpt4_turbo: gpt-4-1106-preview, max_tokens 1,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from moaa import storage
+from moaa.core import storage
 
 PREPARE = "prepare"
 # The stage whose output each stage reads by default (``judge_eval`` reads a labeled file of the user's).

@@ -1,6 +1,6 @@
 """What a person reads while a job runs: moaa's own lines on the console, everything else in the run folder.
 
-A job started from the command line (``moaa.config.parse_cli``) calls ``setup``; from then on
+A job started from the command line (``moaa.core.config.parse_cli``) calls ``setup``; from then on
 
 - moaa's lines go to the console as they are: each stage's start and end, warnings that need the user, the
   final table; one live progress line per running stage (``Progress``: rows or steps done of total, tokens/s,
@@ -14,7 +14,7 @@ A job started from the command line (``moaa.config.parse_cli``) calls ``setup``;
 
 An error that ends the job is still printed in full (Python's tracebacks go to the console's stderr, and a
 remote task's error is raised in the driver with its traceback), followed by the line saying where the logs
-are. Nothing is written until the job has work to do (``ray_started``): a rerun of finished work writes none.
+are. Nothing is written until the job has work to do (``start_ray``): a rerun of finished work writes none.
 Library calls (tests, notebooks) that never call ``setup`` print as before.
 """
 
@@ -122,12 +122,17 @@ def quiet() -> bool:
     return _state.quiet
 
 
-def ray_init_kwargs() -> dict[str, object]:
-    """Extra ``ray.init`` arguments: worker and actor output stays in Ray's session logs when quiet."""
-    return {"log_to_driver": not _state.quiet}
+def start_ray(address: str | None) -> None:
+    """Start (or connect to) Ray for a job, once per process. When quiet, worker and actor output stays in
+    Ray's session logs, which ``_ray_started`` links into the run folder."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=not _state.quiet)
+        _ray_started()
 
 
-def ray_started() -> None:
+def _ray_started() -> None:
     """Called right after ``ray.init`` (work is about to be done): create the log folder, point file
     descriptor 2 (where Ray's core worker writes its native log lines) at driver.log while Python's
     ``sys.stderr`` stays on the terminal, link Ray's session logs, and say where they are."""

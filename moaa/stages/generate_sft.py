@@ -5,10 +5,10 @@ Output: ``<out>/data/<shard>.parquet`` in schema ``sft`` (one file per input sha
 messages, n_turns, proposals, aggregator_model, error, error_stage`` and provenance), ``manifest.json``
 and ``summary.json``.
 
-How it runs (``moaa.shards`` is the engine): every (layer, model) is one ``map_batches`` step feeding that
-model's engine pool, so the layers run pipelined on different batches; models with the same engine settings
-share one engine whatever their role; turn t of a multi-turn chat needs turn t-1's *aggregated* answer, so
-turns are passes over the shards that still have turns.
+How it runs (``moaa.engine.shards`` is the engine): every (layer, model) is one ``map_batches`` step
+feeding that model's engine pool, so the layers run pipelined on different batches; models with the same
+engine settings share one engine whatever their role; turn t of a multi-turn chat needs turn t-1's
+*aggregated* answer, so turns are passes over the shards that still have turns.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from moaa import layout, moa, prompts, runs, schemas, shards, smollm, stage, storage
-from moaa.config import InputPath
-from moaa.engine import EnginePool, ModelConfig
-from moaa.stage import Price, StageConfig, Summary
+from moaa.core import layout, manifests, schemas, stage, storage
+from moaa.core.config import InputPath
+from moaa.core.stage import Price, StageConfig, Summary
+from moaa.embedded import smollm
+from moaa.engine import shards
+from moaa.engine.settings import ModelConfig
+from moaa.engine.vllm import EnginePool
+from moaa.judging import moa, prompts
 
 STAGE = "generate_sft"
 
@@ -35,7 +39,7 @@ class GenerateSFTConfig(StageConfig):
     """MoA-SFT generation. Defaults are the embedded tiny CPU setup (see configs/generate_sft/)."""
 
     input_dir: InputPath | None = Field(
-        None, description="Prompts shards; default: this run's prepare/prompts (moaa/layout.py)."
+        None, description="Prompts shards; default: this run's prepare/prompts (moaa/core/layout.py)."
     )
     proposers: list[ModelConfig] = Field(
         # Self-MoA on the embedded model: one model sampled two ways (one engine serves every role).
@@ -166,10 +170,10 @@ def plan(cfg: GenerateSFTConfig) -> list[shards.Shard]:
     anything is written or started."""
     in_dir = cfg.in_dir()
     if cfg.input_dir is None:  # the default chains on this run's prepare stage: it must have finished
-        runs.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
+        manifests.require_complete(posixpath.dirname(in_dir.rstrip("/")), "prepare")
     inputs = storage.list_files(in_dir, ".parquet")
     if not inputs:
-        raise runs.MissingInputError(
+        raise manifests.MissingInputError(
             f"no .parquet prompt shards in {in_dir}: run `python -m jobs.prepare` first"
         )
     planned = []

@@ -26,11 +26,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from moaa import judge, schemas, shards, stage, storage
-from moaa.config import InputPath, UserError
-from moaa.engine import EnginePool
-from moaa.judge import JudgeConfig
-from moaa.stage import StageConfig, Summary
+from moaa.core import schemas, stage, storage
+from moaa.core.config import InputPath, UserError
+from moaa.core.stage import StageConfig, Summary
+from moaa.engine import shards
+from moaa.engine.vllm import EnginePool
+from moaa.judging import judge
+from moaa.judging.judge import JudgeConfig
 
 STAGE = "judge_eval"
 Mode = Literal["moa", "jury", "single"]

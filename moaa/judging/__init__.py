@@ -1,0 +1,1 @@
+"""Row functions of the mixture of agents and of the judges, and their prompts."""

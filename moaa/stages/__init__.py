@@ -1,0 +1,1 @@
+"""One module per job: its config, its row functions and its run()."""
