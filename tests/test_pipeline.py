@@ -1,40 +1,30 @@
 """pipeline: the per-round stage configs (fast), the paper config's resources, and two rounds of the whole
 recipe on the tiny models with real Ray, vLLM and TRL (slow): every output, round 2's mixture read from its
 outputs, the report, a rerun that writes nothing, and a run killed in round 2 that resumes to the
-same rows."""
+same rows. The two rounds are the session's one tiny pipeline run, `make demo` as the README says
+(conftest.demo_run); the kill-and-resume test takes that finished run back to round 2's second stage and
+kills it there, rather than running rounds 1 and 2 again from the start."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import readme_command, readme_env, run_readme
 
 from moaa.core import schemas
 from moaa.core.config import ConfigError, load_config
 from moaa.stages.pipeline import STAGES, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 TINY = ROOT / "configs/pipeline/tiny.yaml"
 PAPER = ROOT / "configs/pipeline/paper.yaml"
-
-# Small enough for the test suite: 8 + 2 prompts, a thin slice of each benchmark (copies in ../shared/data).
-FAST = [
-    "prepare.ultrafeedback.subset=8",
-    "prepare.ultrachat.subset=2",
-    "evaluate.mt_bench=null",
-    "evaluate.arena_hard.limit=1",
-    "evaluate.alpaca_eval.limit=1",
-    f"evaluate.arena_hard.questions={SHARED}/arena_hard/question.jsonl",
-    f"evaluate.arena_hard.baseline_answers={SHARED}/arena_hard/model_answer_gpt-4-0314.jsonl",
-    f"evaluate.alpaca_eval.reference_outputs={SHARED}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
-]
-
 
 # ------------------------------------------------------------------------------------------- configs
 
@@ -101,10 +91,6 @@ def test_the_paper_recipe_fits_its_cluster():
 # ------------------------------------------------------------------------------------ real engines
 
 
-def _command(runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.pipeline", "--config", str(TINY), f"runs_dir={runs}", *FAST, *extra]
-
-
 def _rows(run: Path) -> dict[str, set]:
     """Every row of every data output of the run, by stage folder: prompt ids (and the benchmark rows)."""
     out = {}
@@ -122,19 +108,9 @@ def _rows(run: Path) -> dict[str, set]:
     return out
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("pipeline")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    proc = subprocess.run(_command(runs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return runs / "demo", proc.stdout
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data (benchmark files) not present")
-def test_two_rounds_on_the_tiny_models(pipeline_run):
-    run, stdout = pipeline_run
+def test_two_rounds_on_the_tiny_models(demo_run):
+    run, stdout = demo_run.run, demo_run.proc.stdout
     for r in (1, 2):
         base = run if r == 1 else run / "round-2"
         for name in STAGES[1:]:
@@ -159,30 +135,46 @@ def test_two_rounds_on_the_tiny_models(pipeline_run):
     assert "report: " in stdout and "train_dpo-r2" in stdout
     # a rerun of the finished pipeline writes nothing
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    again = subprocess.run(
-        _command(run.parent), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    again = run_readme(demo_run.repo, "make demo", timeout=600)
+    assert "nothing to do" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+def _take_back(run: Path, stages: list[str]) -> None:
+    """The finished run as it was before ``stages`` (keys like "round-2/generate_dpo") ran: their folders and
+    manifest entries gone, the pipeline's summary and report too."""
+    manifest_path = run / "pipeline" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key in stages:
+        shutil.rmtree(run / key.removeprefix("round-1/"))
+        del manifest["stages"][key]
+    manifest["status"] = "running"
+    manifest_path.write_text(json.dumps(manifest))
+    for name in ("pipeline/summary.json", "report.html", "report.md"):
+        (run / name).unlink()
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data (benchmark files) not present")
-def test_a_run_killed_in_round_two_resumes_to_the_same_rows(pipeline_run, tmp_path):
-    run, _ = pipeline_run
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+def test_a_run_killed_in_round_two_resumes_to_the_same_rows(demo_run):
+    """Round 2's generate_dpo killed mid-way (SIGKILL of the whole process group), then the same command
+    again: the finished stages are skipped, the killed one resumes, and every output holds the rows of the
+    run that was never interrupted."""
+    run = demo_run.run
+    reference = _rows(run)
+    _take_back(run, ["round-2/generate_dpo", "round-2/train_dpo", "round-2/evaluate"])
+    command = readme_command("make demo")
     proc = subprocess.Popen(
-        _command(tmp_path),
-        cwd=ROOT,
-        env=env,
+        command,
+        shell=True,
+        cwd=demo_run.repo,
+        env=readme_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     killed_in = None
-    deadline = time.time() + 1200
+    deadline = time.time() + 900
     for line in proc.stdout:
         # kill once round 2's generate_dpo has started (round 1 and half of round 2 finished)
         if "[pipeline] round 2/2: generate_dpo" in line:
@@ -192,13 +184,12 @@ def test_a_run_killed_in_round_two_resumes_to_the_same_rows(pipeline_run, tmp_pa
             break
         assert time.time() < deadline
     proc.wait(timeout=60)
-    assert killed_in is not None, "the pipeline never reached round 2"
-    assert not (tmp_path / "demo/round-2/evaluate/summary.json").exists()
-    resumed = subprocess.run(
-        _command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
-    )
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert killed_in is not None, "the pipeline never reached round 2's generate_dpo"
+    assert not (run / "round-2/evaluate/summary.json").exists()
+    resumed = run_readme(demo_run.repo, "make demo", timeout=1500)
     # round 1's stages and round 2's first ones were skipped, the rest ran
     for line in ("round 1 prepare", "round 1 train_dpo", "round 2 train_sft"):
         assert any(line in x and "already done" in x for x in resumed.stdout.splitlines()), line
-    assert _rows(tmp_path / "demo") == _rows(run)
+    assert not any("round 2 generate_dpo" in x and "already done" in x for x in resumed.stdout.splitlines())
+    assert _rows(run) == reference
+    assert (run / "pipeline/summary.json").exists() and (run / "report.html").exists()

@@ -12,15 +12,13 @@ file, stays short (at most DEMO_MAX_LINES lines: Ray's, Ray Data's, Ray Train's 
 folder)"""
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_readme
 
 from moaa.core import schemas
 from moaa.core.stage import Summary
@@ -53,20 +51,7 @@ OUTPUTS = {
     "judge_eval": [("steps/judge_eval/moa", "preference"), ("steps/judge_eval/jury", "preference")],
     "report": [("steps/report.html", None), ("steps/report.md", None)],
 }
-# make demo on the tiny models, with fewer prompts and a thin slice of each benchmark.
-DEMO_SWAP = (
-    "DEMO_CONFIG=configs/pipeline/tiny.yaml "
-    "DEMO_ARGS='prepare.ultrafeedback.subset=8 prepare.ultrachat.subset=2 evaluate.mt_bench.per_category=1 "
-    "evaluate.arena_hard.limit=1 evaluate.alpaca_eval.limit=1'"
-)
 DEMO_MAX_LINES = 60
-# No network: any HTTP(S) request goes to a closed port on this machine, the hub is offline.
-OFFLINE = {
-    **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
-    "no_proxy": "",
-    "NO_PROXY": "",
-    "HF_HUB_OFFLINE": "1",
-}
 
 
 def walkthrough_commands(readme: str) -> list[str]:
@@ -95,24 +80,6 @@ def jobs_of(command: str) -> list[str]:
     return re.findall(r"-m jobs\.(\w+)", command)
 
 
-def fresh_copy(dest: Path) -> Path:
-    """The repository's files as a fresh clone has them (tracked, plus new files git does not ignore), with
-    the test run's installed .venv linked in: the install is what runs this test."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (f.decode() for f in files)):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    (dest / ".venv").symlink_to(Path(sys.prefix))
-    return dest
-
-
 def check_outputs(job: str, runs: Path) -> None:
     for rel, schema in OUTPUTS[job]:
         path = runs / rel
@@ -134,28 +101,15 @@ def test_readme_walkthrough_covers_every_job_of_the_jobs_table():
     assert walked == jobs_table(readme) == list(OUTPUTS)
 
 
-def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(tmp_path):
-    repo = fresh_copy(tmp_path / "moaa")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the shipped configs set what they need
-    env.update(OFFLINE)
+def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(demo_run):
+    """`make demo` ran in the session's fixture (conftest.demo_run: a fresh copy, no network); every other
+    command of the walkthrough runs here, in the same copy, in order."""
+    repo = demo_run.repo
     commands = walkthrough_commands((ROOT / "README.md").read_text())
     runs = repo / "runs"
 
     def run(command: str) -> subprocess.CompletedProcess:
-        if command.startswith("make "):
-            # `make demo` installs first when needed; here the install is the one running this test.
-            command = command.replace("make ", "make -o .venv/.moaa-installed ", 1)
-            if command.endswith(" demo"):
-                command += " " + DEMO_SWAP
-        command = re.sub(r"(configs/\w+/)demo\.yaml", r"\1tiny.yaml", command)
-        proc = subprocess.run(
-            command, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=900
-        )
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        assert proc.returncode == 0, f"README command failed: {command}\n{tail}"
-        assert "Traceback" not in proc.stderr, f"{command} printed a traceback:\n{tail}"
-        return proc
+        return demo_run.proc if command == "make demo" else run_readme(repo, command)
 
     for command in commands:
         proc = run(command)
@@ -192,6 +146,6 @@ def test_readme_walkthrough_runs_as_written_on_a_fresh_copy(tmp_path):
         assert set(summary) == set(Summary.model_fields) and summary["stage"] == job
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.rglob("*")}
     for command in commands:
-        proc = run(command)
+        proc = run_readme(repo, command)
         assert proc.stdout.count("nothing to do") == len(jobs_of(command)), proc.stdout[-2000:]
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.rglob("*")} == before

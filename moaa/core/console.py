@@ -91,6 +91,7 @@ def setup(runs_dir: str, run_id: str, job: str, verbose: bool) -> None:
 
     _state.handler = _LazyFileHandler(os.path.join(_state.log_dir, "driver.log"), delay=True)
     _state.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _state.handler.setLevel(logging.INFO)  # Ray Data's DEBUG records already go to Ray's ray-data.log
     logging.captureWarnings(True)
     _to_file(NOISY_LOGGERS)
 
