@@ -18,6 +18,10 @@ from typing import Any
 from moaa.core import storage
 
 PREPARE = "prepare"
+# Every stage, in the order the recipe runs them (the pipeline's, the report's, the run folder's order), and
+# the stages of the recipe itself; every other list of stages is derived from these.
+RECIPE = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate")
+STAGES = (*RECIPE, "judge_eval")
 # The stage whose output each stage reads by default (``judge_eval`` reads a labeled file of the user's).
 UPSTREAM = {
     "generate_sft": PREPARE,
@@ -25,7 +29,7 @@ UPSTREAM = {
     "generate_dpo": PREPARE,
     "train_dpo": "generate_dpo",
 }
-TRAINING_STAGES = ("train_sft", "train_dpo")
+TRAINING_STAGES = tuple(s for s in STAGES if s.startswith("train_"))
 MODEL_REF = re.compile(r"^run:(train_sft|train_dpo)(?:@([1-9][0-9]*))?$")
 
 

@@ -44,9 +44,9 @@ from moaa.stages.prepare import PrepareConfig
 from moaa.stages.train import TrainDPOConfig, TrainSFTConfig
 
 STAGE = "pipeline"
-STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate")
+STAGES = layout.RECIPE
 RUN_FIELDS = ("run_id", "runs_dir", "round", "output_dir", "ray_address", "verbose")
-Stage = Literal["prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate"]
+Stage = Literal[layout.RECIPE]  # type: ignore[valid-type]
 
 
 class SelfImprove(Config):

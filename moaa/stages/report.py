@@ -35,7 +35,7 @@ from moaa.core.config import Config, OutputPath, UserError, absolute
 from moaa.core.stage import Summary
 from moaa.embedded import is_embedded, smollm
 
-STAGES = ("prepare", "generate_sft", "train_sft", "generate_dpo", "train_dpo", "evaluate", "judge_eval")
+STAGES = layout.STAGES
 JUDGING_STAGES = ("generate_dpo", "evaluate", "judge_eval")
 REPORT_DIR = "report"
 HTML_FILE = "report.html"
