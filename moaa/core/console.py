@@ -214,8 +214,8 @@ class Progress:
 
     def update(self, done: int, extra: str = "", tokens: int | None = None) -> None:
         now = time.time()
-        if now - self.last < self.interval:
-            return
+        if now - self.last < self.interval or (not self.tty and done >= self.total > 0):
+            return  # a log file gets no 100% line: the stage's end line follows at once
         self.last = now
         text = self.line(done, extra, tokens)
         if self.tty:
