@@ -533,12 +533,17 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.last: dict[str, Any] = {}
+        self.notes: list[str] = []
 
     def put(self, step: dict[str, Any]) -> None:
         self.last = step
 
-    def get(self) -> dict[str, Any]:
-        return self.last
+    def note(self, line: str) -> None:
+        """A line the driver prints once (a resume, a new worker group)."""
+        self.notes.append(line)
+
+    def get(self) -> tuple[dict[str, Any], list[str]]:
+        return self.last, self.notes
 
 
 def _board_callback(board: Any):
@@ -558,12 +563,17 @@ def _watch(board: Any, label: str, stop: threading.Event) -> None:
     import ray
 
     line = console.Progress(label, 0, "steps")
+    printed = 0
     try:
         while not stop.wait(1.0):
             try:
-                last = ray.get(board.get.remote(), timeout=10)
+                last, notes = ray.get(board.get.remote(), timeout=10)
             except Exception:  # a lost board only costs the progress line
                 return
+            for note in notes[printed:]:
+                line.close()
+                print(f"[{label}] {note}", flush=True)
+            printed = len(notes)
             if last:
                 line.total = last["max_steps"]
                 line.update(last["step"], f"loss {last['loss']:.3f}")
@@ -605,7 +615,9 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             resumed = checkpoint.path
             resume_from = checkpoint.to_directory(os.path.join(scratch, "resume"))
             if rank == 0:
-                print(f"[{cfg.stage}] resuming from {resumed} with {world} worker(s)", flush=True)
+                note = f"resuming from {resumed} with {world} worker(s)"
+                print(f"[{cfg.stage}] {note}", flush=True)
+                config["board"].note.remote(note)  # the driver's console shows it
         worker_groups = _worker_groups(resume_from, world)
         final_dir = os.path.join(scratch, "final")
         result = run_trl(
