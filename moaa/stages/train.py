@@ -565,7 +565,8 @@ def _watch(board: Any, label: str, stop: threading.Event) -> None:
     line = console.Progress(label, 0, "steps")
     printed = 0
     try:
-        while not stop.wait(1.0):
+        while True:
+            stopped = stop.wait(1.0)  # one more read after the stop: the last notes are printed too
             try:
                 last, notes = ray.get(board.get.remote(), timeout=10)
             except Exception:  # a lost board only costs the progress line
@@ -574,6 +575,8 @@ def _watch(board: Any, label: str, stop: threading.Event) -> None:
                 line.close()
                 print(f"[{label}] {note}", flush=True)
             printed = len(notes)
+            if stopped:
+                return
             if last:
                 line.total = last["max_steps"]
                 line.update(last["step"], f"loss {last['loss']:.3f}")
