@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -191,7 +192,8 @@ class Progress:
     """One progress line for a running stage: ``[stage] 12/24 rows, 1/2 shards, 451 tok/s, 0:32, ETA 0:20``.
 
     In a terminal it is redrawn in place (at most 5 times a second) and erased by ``close``; elsewhere a
-    line is printed every ``MOAA_PROGRESS_S`` seconds (default 60), and none for a stage that ends sooner."""
+    line is printed every ``MOAA_PROGRESS_S`` seconds (default 60), and none for a stage that ends sooner.
+    ``start()`` adds a clock that redraws it while nothing new arrives (a long first batch, a slow step)."""
 
     def __init__(self, label: str, total: int, unit: str = "rows"):
         self.label, self.total, self.unit = label, max(total, 0), unit
@@ -199,6 +201,9 @@ class Progress:
         self.tty = sys.stdout.isatty()
         self.interval = 0.2 if self.tty else float(os.environ.get("MOAA_PROGRESS_S", DEFAULT_PROGRESS_S))
         self.drawn = False
+        self.done, self.extra, self.tokens = 0, "", None
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
 
     def line(self, done: int, extra: str = "", tokens: int | None = None) -> str:
         elapsed = time.time() - self.t0
@@ -213,20 +218,38 @@ class Progress:
         return ", ".join(parts)
 
     def update(self, done: int, extra: str = "", tokens: int | None = None) -> None:
-        now = time.time()
-        if now - self.last < self.interval or (not self.tty and done >= self.total > 0):
-            return  # a log file gets no 100% line: the stage's end line follows at once
-        self.last = now
-        text = self.line(done, extra, tokens)
-        if self.tty:
-            sys.stdout.write("\r\x1b[2K" + text)
-            sys.stdout.flush()
-            self.drawn = True
-        else:
-            print(text, flush=True)
+        self.done, self.extra, self.tokens = done, extra, tokens
+        self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            now = time.time()
+            if now - self.last < self.interval or (not self.tty and self.done >= self.total > 0):
+                return  # a log file gets no 100% line: the stage's end line follows at once
+            self.last = now
+            text = self.line(self.done, self.extra, self.tokens)
+            if self.tty:
+                sys.stdout.write("\r\x1b[2K" + text)
+                sys.stdout.flush()
+                self.drawn = True
+            else:
+                print(text, flush=True)
+
+    def start(self) -> Progress:
+        self._stop = threading.Event()
+
+        def tick() -> None:
+            while not self._stop.wait(min(self.interval, 1.0)):
+                self._draw()
+
+        threading.Thread(target=tick, daemon=True).start()
+        return self
 
     def close(self) -> None:
-        if self.drawn:
-            sys.stdout.write("\r\x1b[2K")
-            sys.stdout.flush()
-            self.drawn = False
+        if self._stop is not None:
+            self._stop.set()
+        with self._lock:
+            if self.drawn:
+                sys.stdout.write("\r\x1b[2K")
+                sys.stdout.flush()
+                self.drawn = False

@@ -184,7 +184,7 @@ def run(
         own = pools is None
         pools = start_pools(models) if pools is None else pools
         # one unit per row and pass: a 3-turn chat counts 3
-        progress = console.Progress(cfg.stage, sum(s.rows * s.turns for s in todo), "row-turns")
+        progress = console.Progress(cfg.stage, sum(s.rows * s.turns for s in todo), "row-turns").start()
         done = 0
         try:
             for turn in range(1, max(s.turns for s in todo) + 1):
