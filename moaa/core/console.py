@@ -224,6 +224,8 @@ class Progress:
     def _draw(self) -> None:
         with self._lock:
             now = time.time()
+            if self._stop is not None and self._stop.is_set():
+                return
             if now - self.last < self.interval or (not self.tty and self.done >= self.total > 0):
                 return  # a log file gets no 100% line: the stage's end line follows at once
             self.last = now
