@@ -60,3 +60,18 @@ def test_logs_of_a_run_in_object_storage_stay_on_this_machine(monkeypatch, tmp_p
     monkeypatch.setenv("MOAA_CACHE", str(tmp_path))
     assert console.log_root("s3://bucket/moaa", "r1") == str(tmp_path / "logs" / "r1")
     assert console.log_root("runs", "r1").endswith("/runs/r1/logs")
+
+
+def test_the_clock_prints_while_no_batch_arrives_and_stops_at_close(monkeypatch):
+    monkeypatch.setenv("MOAA_PROGRESS_S", "0.05")
+    out = io.StringIO()
+    monkeypatch.setattr(console.sys, "stdout", out)
+    p = console.Progress("generate_dpo", 20, "row-turns").start()
+    deadline = console.time.time() + 5
+    while not out.getvalue() and console.time.time() < deadline:
+        console.time.sleep(0.05)
+    p.close()
+    assert out.getvalue().startswith("[generate_dpo] 0/20 row-turns, 0:0")  # no batch yet: 0 done
+    printed = out.getvalue()
+    console.time.sleep(0.3)
+    assert out.getvalue() == printed  # closed: nothing more
