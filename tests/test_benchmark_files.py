@@ -241,7 +241,7 @@ def test_cli_bad_source(tmp_path: Path, mirror: Path, kind: str) -> None:
 def test_the_shipped_excerpt_is_rebuilt_byte_for_byte_from_the_published_files(tmp_path: Path):
     """data/samples/benchmarks is what ``excerpt`` writes from the published files: every row a byte-exact
     copy of a published row, nothing edited; the readers take it as they take the full files."""
-    from moaa import benchmarks
+    from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
 
     written = BF.excerpt(DATA, tmp_path / "excerpt")
     shipped = ROOT / BF.SAMPLE_DIR
@@ -254,17 +254,17 @@ def test_the_shipped_excerpt_is_rebuilt_byte_for_byte_from_the_published_files(t
     for local in ("mt_bench/question.jsonl", "arena_hard/model_answer_gpt-4-0314.jsonl"):
         published = set((DATA / local).read_text().splitlines())
         assert set((shipped / local).read_text().splitlines()) <= published
-    qs = benchmarks.mt_bench_questions(
+    qs = mt_bench.mt_bench_questions(
         shipped / "mt_bench/question.jsonl", shipped / "mt_bench/reference_answer_gpt-4.jsonl"
     )
     assert len(qs) == 16 and len({q["category"] for q in qs}) == 8
-    assert all(q["reference"] for q in qs if q["category"] in benchmarks.NEED_REFERENCE)
-    answers = benchmarks.arena_hard_answers(shipped / "arena_hard/model_answer_gpt-4-0314.jsonl")
-    questions = benchmarks.arena_hard_questions(shipped / "arena_hard/question.jsonl")
+    assert all(q["reference"] for q in qs if q["category"] in mt_bench.NEED_REFERENCE)
+    answers = arena_hard.arena_hard_answers(shipped / "arena_hard/model_answer_gpt-4-0314.jsonl")
+    questions = arena_hard.arena_hard_questions(shipped / "arena_hard/question.jsonl")
     assert len(questions) == 8 and set(answers) == {q["uid"] for q in questions}
-    full = benchmarks.alpaca_eval_outputs(DATA / "alpaca_eval/gpt4_1106_preview.model_outputs.json")
+    full = alpaca_eval.alpaca_eval_outputs(DATA / "alpaca_eval/gpt4_1106_preview.model_outputs.json")
     assert (
-        benchmarks.alpaca_eval_outputs(shipped / "alpaca_eval/gpt4_1106_preview.model_outputs.json")
+        alpaca_eval.alpaca_eval_outputs(shipped / "alpaca_eval/gpt4_1106_preview.model_outputs.json")
         == full[:16]
     )
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from moaa import benchmarks as B
+from moaa.benchmarks import alpaca_eval, arena_hard, decontaminate, mt_bench
 from moaa.judging import prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_alpaca_win_rate_reproduces_the_leaderboard(model):
     )
     assert {a["generator_2"] for a in annotations} == {model}
     assert {a["generator_1"] for a in annotations} == {"gpt4_1106_preview"}
-    ours = B.alpaca_win_rate(a["preference"] for a in annotations)
+    ours = alpaca_eval.alpaca_win_rate(a["preference"] for a in annotations)
 
     assert abs(ours["win_rate"] - published) < 0.05
     # Same arithmetic as the source, so it agrees to rounding error, not just to the shown digits.
@@ -89,8 +89,8 @@ def test_alpaca_win_rate_reproduces_the_leaderboard(model):
         assert ours[key] == pytest.approx(value, abs=1e-9), key
 
     # The annotations are the model_outputs files, row for row: output_2 is the model, output_1 the reference.
-    outputs = B.alpaca_eval_outputs(folder / f"{model}.model_outputs.json")
-    reference = B.alpaca_eval_outputs(folder / "gpt4_1106_preview.model_outputs.json")
+    outputs = alpaca_eval.alpaca_eval_outputs(folder / f"{model}.model_outputs.json")
+    reference = alpaca_eval.alpaca_eval_outputs(folder / "gpt4_1106_preview.model_outputs.json")
     assert [a["output_2"] for a in annotations] == [o["output"] for o in outputs]
     assert [a["output_1"] for a in annotations] == [o["output"] for o in reference]
 
@@ -98,7 +98,7 @@ def test_alpaca_win_rate_reproduces_the_leaderboard(model):
 def test_alpaca_win_rate_hand_case():
     # 0 is the old spelling of a draw; None and 2.5 are not preferences and are dropped from the
     # continuous rate, but 2.5 rounds to 2 (half to even) and counts in the discrete one, as in the source.
-    out = B.alpaca_win_rate([1, 2, 1.5, "1.75", None, 0, 2.5])
+    out = alpaca_eval.alpaca_win_rate([1, 2, 1.5, "1.75", None, 0, 2.5])
     q = [0.0, 1.0, 0.5, 0.75, 0.5]
     mean = sum(q) / 5
     sem = math.sqrt(sum((v - mean) ** 2 for v in q) / 4) / math.sqrt(5)
@@ -107,17 +107,17 @@ def test_alpaca_win_rate_hand_case():
     assert (out["n_wins"], out["n_wins_base"], out["n_draws"], out["n_total"]) == (2, 1, 2, 5)
     assert out["discrete_win_rate"] == pytest.approx(100 * 4 / 6)
     with pytest.raises(ValueError, match="preference 1"):
-        B.alpaca_win_rate([1.0, "m"])
-    assert "df_gamed.csv" in B.LC_NOT_COMPUTED
+        alpaca_eval.alpaca_win_rate([1.0, "m"])
+    assert "df_gamed.csv" in alpaca_eval.LC_NOT_COMPUTED
 
 
 def test_alpaca_preference_from_logprobs():
     lp = {"m": math.log(0.25), "M": math.log(0.75), "The": -1.0}
-    assert B.alpaca_preference(lp) == pytest.approx(1.75)
-    assert B.alpaca_preference(lp, switched=True) == pytest.approx(1.25)
-    assert B.alpaca_preference({"M": -0.1}) == pytest.approx(2.0)
-    assert B.alpaca_preference({"m": -3.0}) == pytest.approx(1.0)
-    assert B.alpaca_preference({"Both": -0.1}) is None
+    assert alpaca_eval.alpaca_preference(lp) == pytest.approx(1.75)
+    assert alpaca_eval.alpaca_preference(lp, switched=True) == pytest.approx(1.25)
+    assert alpaca_eval.alpaca_preference({"M": -0.1}) == pytest.approx(2.0)
+    assert alpaca_eval.alpaca_preference({"m": -3.0}) == pytest.approx(1.0)
+    assert alpaca_eval.alpaca_preference({"Both": -0.1}) is None
 
 
 # ---------------------------------------------------------------------------------------------- Arena-Hard
@@ -142,7 +142,7 @@ def _hand_games(model: str = "moa", copies: int = 1) -> list[dict]:
 
 
 def test_battles_from_games():
-    rows = B.battles(_hand_games())
+    rows = arena_hard.battles(_hand_games())
     assert len(rows) == 11
     assert {(r["model_a"], r["model_b"]) for r in rows} == {("gpt-4-0314", "moa")}
     by_uid = {uid: Counter(r["winner"] for r in rows if r["uid"] == uid) for uid in ("q1-0", "q2-0", "q3-0")}
@@ -151,20 +151,20 @@ def test_battles_from_games():
     assert by_uid["q3-0"] == {"model_a": 4}
     assert Counter(r["winner"] for r in rows if r["uid"] == "q4-0") == {"model_b": 1}
     with pytest.raises(ValueError, match="game 0"):
-        B.battles([{"uid": "q", "model": "m", "game": 3, "verdict": "A>B"}])
+        arena_hard.battles([{"uid": "q", "model": "m", "game": 3, "verdict": "A>B"}])
     with pytest.raises(ValueError, match="not one of"):
-        B.battles([{"uid": "q", "model": "m", "game": 1, "verdict": "A<B"}])
+        arena_hard.battles([{"uid": "q", "model": "m", "game": 1, "verdict": "A<B"}])
 
 
 def test_arena_score_hand_case():
-    rows = B.battles(_hand_games())
+    rows = arena_hard.battles(_hand_games())
     # One model against the baseline: the BT likelihood has one parameter d and its score equation
     # sum(y - sigmoid(d)) = 0 gives sigmoid(d) = mean(y) = (5 wins + 2 ties / 2) / 11.
-    out = B.arena_score(rows, bootstrap=0)
+    out = arena_hard.arena_score(rows, bootstrap=0)
     assert out["score"] == pytest.approx(100 * 6 / 11, abs=1e-9)
     assert out["battles"] == 11 and out["model"] == "moa" and out["lower"] is None
     # Elo scale: odds 6:5, so 1000 + 400 * log10(6 / 5) with the baseline anchored at 1000.
-    ratings = B.bt_ratings(rows)
+    ratings = arena_hard.bt_ratings(rows)
     assert ratings["gpt-4-0314"] == 1000.0
     assert ratings["moa"] == pytest.approx(1000 + 400 * math.log10(6 / 5), abs=1e-7)
 
@@ -178,24 +178,24 @@ def test_bt_ratings_three_models_consistent_counts():
         ] * b_wins
 
     rows = pair("gpt-4-0314", "m1", 1, 3) + pair("m2", "gpt-4-0314", 2, 2) + pair("m1", "m2", 3, 1)
-    ratings = B.bt_ratings(rows)
+    ratings = arena_hard.bt_ratings(rows)
     assert ratings["m1"] == pytest.approx(1000 + 400 * math.log10(3), abs=1e-7)
     assert ratings["m2"] == pytest.approx(1000.0, abs=1e-7)
-    assert B.arena_score(rows, model="m1", bootstrap=0)["score"] == pytest.approx(75.0, abs=1e-9)
+    assert arena_hard.arena_score(rows, model="m1", bootstrap=0)["score"] == pytest.approx(75.0, abs=1e-9)
     with pytest.raises(ValueError, match="several models"):
-        B.arena_score(rows, bootstrap=0)
+        arena_hard.arena_score(rows, bootstrap=0)
     with pytest.raises(ValueError, match="baseline"):
-        B.arena_score(rows, baseline="gpt-4o", model="m1", bootstrap=0)
+        arena_hard.arena_score(rows, baseline="gpt-4o", model="m1", bootstrap=0)
 
 
 def test_arena_score_bootstrap_interval():
-    rows = B.battles(_hand_games(copies=10))
-    a = B.arena_score(rows, bootstrap=100, seed=7)
+    rows = arena_hard.battles(_hand_games(copies=10))
+    a = arena_hard.arena_score(rows, bootstrap=100, seed=7)
     assert a["score"] == pytest.approx(100 * 6 / 11, abs=1e-9)
     assert a["lower"] < a["score"] < a["upper"]
-    assert a == B.arena_score(rows, bootstrap=100, seed=7)
-    assert a != B.arena_score(rows, bootstrap=100, seed=8)
-    narrow = B.arena_score(rows, bootstrap=100, seed=7, ci=0.90)
+    assert a == arena_hard.arena_score(rows, bootstrap=100, seed=7)
+    assert a != arena_hard.arena_score(rows, bootstrap=100, seed=8)
+    narrow = arena_hard.arena_score(rows, bootstrap=100, seed=7, ci=0.90)
     assert a["lower"] < narrow["lower"] < narrow["score"] < narrow["upper"] < a["upper"]
 
     # From first principles: each resample's fit is its own weighted mean (one model vs the baseline), and
@@ -215,7 +215,7 @@ def test_arena_score_bootstrap_interval():
 
 def test_arena_score_model_that_never_loses():
     rows = [{"uid": f"q{i}", "model_a": "gpt-4-0314", "model_b": "m", "winner": "model_b"} for i in range(20)]
-    out = B.arena_score(rows, bootstrap=5)
+    out = arena_hard.arena_score(rows, bootstrap=5)
     assert 99.999 < out["score"] <= 100.0 and 99.999 < out["lower"] <= out["upper"] <= 100.0
 
 
@@ -234,21 +234,23 @@ def test_arena_score_style_control_synthetic():
         style["moa"][uid] = {"token_len": 300 if longer else 100, **flat}
         style["gpt-4-0314"][uid] = {"token_len": 100 if longer else 300, **flat}
         games.append({"uid": uid, "model": "moa", "game": 1, "verdict": "B>A" if model_wins else "A>B"})
-    rows = B.battles(games)
-    assert B.arena_score(rows, bootstrap=0)["score"] == pytest.approx(70.0, abs=1e-9)
+    rows = arena_hard.battles(games)
+    assert arena_hard.arena_score(rows, bootstrap=0)["score"] == pytest.approx(70.0, abs=1e-9)
 
-    out = B.arena_score(rows, bootstrap=50, seed=1, style=style)
+    out = arena_hard.arena_score(rows, bootstrap=50, seed=1, style=style)
     assert out["score"] == pytest.approx(75.0, abs=1e-7)
     # Markdown never varies here, so only length is fitted; more length wins, so the coefficient is positive.
     s = 0.5 / math.sqrt(20 * 0.25 / 19)
     assert out["style_coefficients"] == pytest.approx({"length": math.log(3) / s}, abs=1e-7)
     assert out["lower"] < out["score"] < out["upper"]
-    assert B.arena_score(rows, bootstrap=0, style=style, control=("length",))["score"] == pytest.approx(75.0)
+    assert arena_hard.arena_score(rows, bootstrap=0, style=style, control=("length",))[
+        "score"
+    ] == pytest.approx(75.0)
 
     with pytest.raises(ValueError, match="no style features"):
-        B.arena_score(rows, bootstrap=0, style={"moa": style["moa"]})
+        arena_hard.arena_score(rows, bootstrap=0, style={"moa": style["moa"]})
     with pytest.raises(ValueError, match="control"):
-        B.arena_score(rows, bootstrap=0, style=style, control=("emoji",))
+        arena_hard.arena_score(rows, bootstrap=0, style=style, control=("emoji",))
 
 
 def test_arena_score_markdown_control_synthetic():
@@ -269,7 +271,7 @@ def test_arena_score_markdown_control_synthetic():
             style["moa"][uid] = {"token_len": mt, **plain, "bold_count": {"**": mb}}
             style["gpt-4-0314"][uid] = {"token_len": bt, **plain, "bold_count": bb}
             games.append({"uid": uid, "model": "moa", "game": 1, "verdict": "B>A" if k < wins else "A>B"})
-    out = B.arena_score(B.battles(games), bootstrap=0, style=style, control=("markdown",))
+    out = arena_hard.arena_score(arena_hard.battles(games), bootstrap=0, style=style, control=("markdown",))
     assert out["score"] == pytest.approx(50.0, abs=1e-7)
     step = math.sqrt(11 / 8)
     assert out["style_coefficients"] == pytest.approx({"bold_count": math.log(3) / step}, abs=1e-7)
@@ -280,7 +282,7 @@ def test_style_features_counts_markdown_outside_code():
         "# Title\nSome **bold** and __underlined__ words.\n## Part\n1. one\n2. two\n- a\n* b\n"
         "```python\n# a comment, not a header\n- not a list\n**not bold**\n```\n#no space, no header\n"
     )
-    meta = B.style_features(text, token_len=42)
+    meta = arena_hard.style_features(text, token_len=42)
     assert meta["token_len"] == 42
     assert meta["header_count"] == {"h1": 1, "h2": 1, "h3": 0, "h4": 0, "h5": 0, "h6": 0}
     assert meta["list_count"] == {"ordered": 2, "unordered": 2}
@@ -303,7 +305,7 @@ def test_style_features_counts_markdown_outside_code():
     ],
 )
 def test_parse_arena_verdict(text, label):
-    assert B.parse_arena_verdict(text) == label
+    assert arena_hard.parse_arena_verdict(text) == label
 
 
 # ----------------------------------------------------------------------------------------------- MT-Bench
@@ -327,7 +329,7 @@ def test_parse_arena_verdict(text, label):
     ],
 )
 def test_parse_rating(text, rating):
-    assert B.parse_rating(text) == rating
+    assert mt_bench.parse_rating(text) == rating
 
 
 def test_mt_bench_summary_hand_case():
@@ -341,21 +343,23 @@ def test_mt_bench_summary_hand_case():
         {"question_id": 112, "turn": 1, "category": "math", "score": -1},
         {"question_id": 112, "turn": 2, "category": "math", "score": 5.0},
     ]
-    out = B.mt_bench_summary(ratings)
+    out = mt_bench.mt_bench_summary(ratings)
     # overall is the mean of the 6 judged turns (36 / 6), not the mean of the turn means (6.75).
     assert out == {"turn_1": 9.0, "turn_2": 4.5, "overall": 6.0, "judged": 6, "unparsed": 2}
-    assert B.mt_bench_summary([{"turn": 1, "score": None}])["overall"] is None
+    assert mt_bench.mt_bench_summary([{"turn": 1, "score": None}])["overall"] is None
     with pytest.raises(ValueError, match="rating 0"):
-        B.mt_bench_summary([{"turn": 3, "score": 5.0}])
+        mt_bench.mt_bench_summary([{"turn": 3, "score": 5.0}])
 
 
 @needs_data
 def test_mt_bench_questions_and_references():
     folder = DATA / "mt_bench"
-    questions = B.mt_bench_questions(folder / "question.jsonl", folder / "reference_answer_gpt-4.jsonl")
+    questions = mt_bench.mt_bench_questions(
+        folder / "question.jsonl", folder / "reference_answer_gpt-4.jsonl"
+    )
     assert len(questions) == 80 and all(len(q["turns"]) == 2 for q in questions)
     assert Counter(q["category"] for q in questions) == {c: 10 for c in MT_BENCH_CATEGORIES}
-    assert set(MT_BENCH_CATEGORIES) <= set(B.MT_BENCH_TEMPERATURE)
+    assert set(MT_BENCH_CATEGORIES) <= set(mt_bench.MT_BENCH_TEMPERATURE)
 
     refs = {
         r["question_id"]: r["choices"][0]["turns"] for r in _jsonl(folder / "reference_answer_gpt-4.jsonl")
@@ -366,19 +370,19 @@ def test_mt_bench_questions_and_references():
     assert all(joined[qid]["reference"] == turns for qid, turns in refs.items())
     # The gpt-4 references are exactly the reference-based categories.
     assert {q["category"] for q in joined.values()} == {"math", "reasoning", "coding"}
-    assert all(q["question_id"] in refs for q in questions if q["category"] in B.NEED_REFERENCE)
+    assert all(q["question_id"] in refs for q in questions if q["category"] in mt_bench.NEED_REFERENCE)
     # Elsewhere a question keeps its own reference field (extraction, stem, ... have some).
     own = {q["question_id"]: q.get("reference") for q in _jsonl(folder / "question.jsonl")}
     others = [q for q in questions if q["question_id"] not in refs]
     assert all(q["reference"] == own[q["question_id"]] for q in others)
     assert any(q["reference"] for q in others)
 
-    alone = B.mt_bench_questions(folder / "question.jsonl")
+    alone = mt_bench.mt_bench_questions(folder / "question.jsonl")
     assert sum(q["reference"] is not None for q in alone) == 39
 
 
 def test_mt_bench_temperature_and_reference_categories():
-    assert {c: B.MT_BENCH_TEMPERATURE[c] for c in MT_BENCH_CATEGORIES} == {
+    assert {c: mt_bench.MT_BENCH_TEMPERATURE[c] for c in MT_BENCH_CATEGORIES} == {
         "writing": 0.7,
         "roleplay": 0.7,
         "reasoning": 0.0,
@@ -388,15 +392,15 @@ def test_mt_bench_temperature_and_reference_categories():
         "stem": 0.1,
         "humanities": 0.1,
     }
-    assert {"math", "reasoning", "coding"} <= set(B.NEED_REFERENCE)
-    assert not {"writing", "roleplay", "extraction", "stem", "humanities"} & set(B.NEED_REFERENCE)
+    assert {"math", "reasoning", "coding"} <= set(mt_bench.NEED_REFERENCE)
+    assert not {"writing", "roleplay", "extraction", "stem", "humanities"} & set(mt_bench.NEED_REFERENCE)
 
 
 @needs_data
 def test_arena_hard_readers():
     folder = DATA / "arena_hard"
-    questions = B.arena_hard_questions(folder / "question.jsonl")
-    answers = B.arena_hard_answers(folder / "model_answer_gpt-4-0314.jsonl")
+    questions = arena_hard.arena_hard_questions(folder / "question.jsonl")
+    answers = arena_hard.arena_hard_answers(folder / "model_answer_gpt-4-0314.jsonl")
     assert len(questions) == 500 and len(answers) == 500
     assert [q["uid"] for q in questions] == [r["uid"] for r in _jsonl(folder / "question.jsonl")]
     assert {q["uid"] for q in questions} == set(answers)
@@ -411,7 +415,7 @@ def test_alpaca_eval_readers_same_instructions_in_every_file():
     folder = DATA / "alpaca_eval"
     files = sorted(folder.glob("*.model_outputs.json"))
     assert len(files) == 4
-    tables = {f.name: B.alpaca_eval_outputs(f) for f in files}
+    tables = {f.name: alpaca_eval.alpaca_eval_outputs(f) for f in files}
     instructions = [[row["instruction"] for row in rows] for rows in tables.values()]
     assert all(len(i) == 805 for i in instructions)
     assert all(i == instructions[0] for i in instructions)
@@ -433,17 +437,17 @@ def test_readers_name_the_bad_row(tmp_path):
         json.dumps(good) + "\n" + json.dumps({**good, "question_id": 2, "turns": ["a"]}) + "\n"
     )
     with pytest.raises(ValueError, match=r"question\.jsonl: line 2: 'turns' must have 2"):
-        B.mt_bench_questions(questions)
+        mt_bench.mt_bench_questions(questions)
 
     questions.write_text(json.dumps({**good, "category": "writing"}) + "\n")
     refs = tmp_path / "ref.jsonl"
     refs.write_text(json.dumps({"question_id": 9, "choices": [{"index": 0, "turns": ["x", "y"]}]}) + "\n")
     with pytest.raises(ValueError, match=r"ref\.jsonl: line 1: reference for question_id 9"):
-        B.mt_bench_questions(questions, refs)
+        mt_bench.mt_bench_questions(questions, refs)
     questions.write_text(json.dumps(good) + "\n")
     refs.write_text("")
     with pytest.raises(ValueError, match=r"line 1: question 1 \(math\) has no reference"):
-        B.mt_bench_questions(questions, refs)
+        mt_bench.mt_bench_questions(questions, refs)
 
     answers = tmp_path / "answers.jsonl"
     ok = {
@@ -453,21 +457,21 @@ def test_readers_name_the_bad_row(tmp_path):
     bad = {"uid": "u2", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     answers.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=r"answers\.jsonl: line 2: messages\[-1\]"):
-        B.arena_hard_answers(answers)
+        arena_hard.arena_hard_answers(answers)
 
     arena = tmp_path / "arena.jsonl"
     arena.write_text(json.dumps({"uid": "u", "category": "c", "cluster": "k"}) + "\n")
     with pytest.raises(ValueError, match=r"arena\.jsonl: line 1: 'prompt' must be a string"):
-        B.arena_hard_questions(arena)
+        arena_hard.arena_hard_questions(arena)
 
     outputs = tmp_path / "model_outputs.json"
     row = {"instruction": "i", "output": "o", "generator": "g", "dataset": "d"}
     outputs.write_text(json.dumps([row, {**row, "output": None}]))
     with pytest.raises(ValueError, match=r"model_outputs\.json: row 1: 'output' must be a string"):
-        B.alpaca_eval_outputs(outputs)
+        alpaca_eval.alpaca_eval_outputs(outputs)
     outputs.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        B.alpaca_eval_outputs(outputs)
+        alpaca_eval.alpaca_eval_outputs(outputs)
 
 
 # ----------------------------------------------------------------------------------------- decontamination
@@ -478,10 +482,10 @@ def test_overlaps_finds_13_word_overlap_and_ignores_12():
     benchmark = [" ".join(f"x{i}" for i in range(30)), " ".join(words), "too short to have any 13-gram"]
     planted = "Intro text here " + " ".join(words[5:18]).upper() + "  \n and an ending"  # 13 words
     near_miss = "Intro text here " + " ".join(words[20:32]) + " and an ending"  # 12 words
-    assert B.overlaps([near_miss, planted, "unrelated"], benchmark) == [(1, 1)]
-    assert B.overlaps([near_miss], benchmark, n=12) == [(0, 1)]
-    assert len(B.ngrams(" ".join(words))) == 40 - 13 + 1
-    assert B.ngrams("too short") == set()
+    assert decontaminate.overlaps([near_miss, planted, "unrelated"], benchmark) == [(1, 1)]
+    assert decontaminate.overlaps([near_miss], benchmark, n=12) == [(0, 1)]
+    assert len(decontaminate.ngrams(" ".join(words))) == 40 - 13 + 1
+    assert decontaminate.ngrams("too short") == set()
 
 
 # -------------------------------------------------------------------------------------------------- prompts
@@ -495,8 +499,8 @@ def test_judge_prompts_are_verbatim():
     config = yaml.safe_load((DATA / "arena_hard" / "judge_config_v0.1.yaml").read_text(encoding="utf-8"))
     assert prompts.ARENA_HARD_SYSTEM == config["system_prompt"]
     assert [prompts.ARENA_HARD_TEMPLATE] == config["prompt_template"]
-    assert config["regex_pattern"] == B.ARENA_VERDICT_PATTERN.pattern
-    assert config["baseline_model"] == B.ARENA_BASELINE
+    assert config["regex_pattern"] == arena_hard.ARENA_VERDICT_PATTERN.pattern
+    assert config["baseline_model"] == arena_hard.ARENA_BASELINE
     judge = {p["name"]: p for p in _jsonl(DATA / "mt_bench" / "judge_prompts.jsonl")}
     for constant, name in [
         (prompts.MT_BENCH_SINGLE_V1, "single-v1"),
@@ -522,7 +526,7 @@ def _sigmoid(z: float) -> float:
 
 def _write_df_gamed(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "index", *B.LC_FILE_COLUMNS[2:]])
+        writer = csv.DictWriter(f, fieldnames=["model", "index", *alpaca_eval.LC_FILE_COLUMNS[2:]])
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -582,7 +586,7 @@ def test_alpaca_lc_win_rate_recovers_the_glm_it_was_made_from(tmp_path):
         "not_gamed_baseline.astype(float)": -1.2,
     }
     annotations, path, difficulty = _lc_case(tmp_path, *w.values())
-    out = B.alpaca_lc_win_rate(annotations, path)
+    out = alpaca_eval.alpaca_lc_win_rate(annotations, path)
 
     # The data are consistent, so held-out loss keeps falling with C, the CV picks a C large enough that
     # the L1 penalty is negligible, and the fit returns the weights the preferences were made from.
@@ -597,7 +601,7 @@ def test_alpaca_lc_win_rate_recovers_the_glm_it_was_made_from(tmp_path):
     # The raw win rate is get_winrate's, over the 19 annotated rows.
     assert out["n_total"] == 19
     assert out["win_rate"] == pytest.approx(
-        B.alpaca_win_rate(a["preference"] for a in annotations)["win_rate"]
+        alpaca_eval.alpaca_win_rate(a["preference"] for a in annotations)["win_rate"]
     )
     # The model is the longer one on most rows and the length weight favours the longer output, so
     # controlling for length lowers its win rate.
@@ -608,8 +612,8 @@ def test_alpaca_lc_win_rate_length_and_regularization(tmp_path):
     # Constant difficulty k and no gamed signal: w_diff * k + w_ng is all that is identified, and LC is
     # the logistic of the mean logit of the two length groups whatever the split.
     annotations, path, _ = _lc_case(tmp_path, -1.5, 0.8, -1.2, gamed_agree=False)
-    noreg = B.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_noreg")
-    v1 = B.alpaca_lc_win_rate(annotations, path)
+    noreg = alpaca_eval.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_noreg")
+    v1 = alpaca_eval.alpaca_lc_win_rate(annotations, path)
     # noreg fits the model's rows alone, so it recovers the weights; v1 adds the gamed rows (weight
     # 0.2 / 2 each), which here say "length does not matter" and pull the length weight toward 0.
     assert noreg["glm_weights"][LC_COLUMNS[0]] == pytest.approx(-1.5, abs=2e-3)
@@ -661,14 +665,14 @@ def test_alpaca_lc_win_rate_length_and_regularization(tmp_path):
         for i in range(n)
     ]
     expected = 100 * _sigmoid((math.log(0.8 / 0.2) + math.log(0.4 / 0.6)) / 2)  # 62.02...
-    out = B.alpaca_lc_win_rate(sym, flat)  # gamed rows without a preference are not fitted
+    out = alpaca_eval.alpaca_lc_win_rate(sym, flat)  # gamed rows without a preference are not fitted
     assert out["length_controlled_winrate"] == pytest.approx(expected, abs=0.01)
     assert out["lc_standard_error"] == pytest.approx(0.0, abs=1e-9)
     assert out["win_rate"] == pytest.approx(60.0)
 
     # The model compared with itself: the source skips the fit, LC is 50 by construction.
     same = [dict(a, generator_1="m", generator_2="m") for a in sym]
-    base = B.alpaca_lc_win_rate(same, flat)
+    base = alpaca_eval.alpaca_lc_win_rate(same, flat)
     assert (base["length_controlled_winrate"], base["lc_standard_error"]) == (50.0, 0.0)
 
 
@@ -719,7 +723,7 @@ def test_alpaca_lc_win_rate_matches_the_reference_implementation(tmp_path):
     # patsy, numpy 1.26.4). Its CV scores for C = 2.78, 21.5, 167 are -1.248808, -1.248405, -1.248587:
     # far enough apart that liblinear's tolerance cannot change the choice.
     path = tmp_path / "df_gamed.csv"
-    out = B.alpaca_lc_win_rate(_lc_noisy_case(path), path)
+    out = alpaca_eval.alpaca_lc_win_rate(_lc_noisy_case(path), path)
     assert out["glm_C"] == pytest.approx(21.54434690031882)
     reference = (-1.2460185829798023, 0.4630889841336727, -0.7740464294191552)
     for key, value in zip(LC_COLUMNS, reference):
@@ -733,30 +737,32 @@ def test_alpaca_lc_win_rate_matches_the_reference_implementation(tmp_path):
 def test_alpaca_lc_win_rate_rejects_bad_input(tmp_path):
     annotations, path, _ = _lc_case(tmp_path, -1.5, 0.8, -1.2)
     with pytest.raises(ValueError, match="annotation row 20: .* has no difficulty"):
-        B.alpaca_lc_win_rate([*annotations, dict(annotations[0])], path)
+        alpaca_eval.alpaca_lc_win_rate([*annotations, dict(annotations[0])], path)
     with pytest.raises(ValueError, match="annotation row 3: instruction differs from eval set instruction 3"):
-        B.alpaca_lc_win_rate(
+        alpaca_eval.alpaca_lc_win_rate(
             annotations, path, eval_set_instructions=[f"instruction {i}" for i in (0, 1, 2, 4)] * 5
         )
     with pytest.raises(ValueError, match="annotation row 2: preference 3.0 is outside"):
-        B.alpaca_lc_win_rate(
+        alpaca_eval.alpaca_lc_win_rate(
             [dict(a, preference=3 if i == 2 else a["preference"]) for i, a in enumerate(annotations)], path
         )
     with pytest.raises(ValueError, match="same len"):
-        B.alpaca_lc_win_rate([dict(a, output_1="ab", output_2="a") for a in annotations], path)
+        alpaca_eval.alpaca_lc_win_rate([dict(a, output_1="ab", output_2="a") for a in annotations], path)
     with pytest.raises(ValueError, match="more than one model"):
-        B.alpaca_lc_win_rate([dict(a, generator_2=f"m{i % 2}") for i, a in enumerate(annotations)], path)
+        alpaca_eval.alpaca_lc_win_rate(
+            [dict(a, generator_2=f"m{i % 2}") for i, a in enumerate(annotations)], path
+        )
     with pytest.raises(ValueError, match="glm_name"):
-        B.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_v2")
+        alpaca_eval.alpaca_lc_win_rate(annotations, path, glm_name="length_controlled_v2")
     text = path.read_text().splitlines()
     (tmp_path / "no_difficulty.csv").write_text("\n".join(t.rsplit(",", 2)[0] for t in text) + "\n")
     with pytest.raises(ValueError, match=r"no_difficulty.csv: not alpaca_eval's df_gamed.csv: columns \["):
-        B.alpaca_lc_win_rate(annotations, tmp_path / "no_difficulty.csv")
+        alpaca_eval.alpaca_lc_win_rate(annotations, tmp_path / "no_difficulty.csv")
     (tmp_path / "bad_row.csv").write_text(
         "\n".join([*text[:3], text[3].replace("False", "maybe"), *text[4:]]) + "\n"
     )
     with pytest.raises(ValueError, match=r"bad_row.csv: row 2 \(line 4\): not_gamed_baseline 'maybe'"):
-        B.alpaca_lc_win_rate(annotations, tmp_path / "bad_row.csv")
+        alpaca_eval.alpaca_lc_win_rate(annotations, tmp_path / "bad_row.csv")
 
 
 # Published in tatsu-lab/alpaca_eval @ cd543a149df8: length_controlled_winrate in the leaderboard CSV and
@@ -785,8 +791,8 @@ def test_alpaca_lc_win_rate_reproduces_the_leaderboard(model):
     annotations = json.loads(
         (folder / f"{model}.weighted_alpaca_eval_gpt4_turbo.annotations.json").read_text()
     )
-    reference = B.alpaca_eval_outputs(folder / "gpt4_1106_preview.model_outputs.json")
-    out = B.alpaca_lc_win_rate(
+    reference = alpaca_eval.alpaca_eval_outputs(folder / "gpt4_1106_preview.model_outputs.json")
+    out = alpaca_eval.alpaca_lc_win_rate(
         annotations, LC_DATA, eval_set_instructions=[o["instruction"] for o in reference]
     )
     # liblinear stops at tol 1e-4 and this solver does not, which can flip the CV's choice between two C

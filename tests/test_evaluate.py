@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa import benchmarks
+from moaa.benchmarks import alpaca_eval, arena_hard
 from moaa.core import schemas
 from moaa.core.config import ConfigError, load_config
 from moaa.engine.settings import Completion, SamplingConfig
@@ -229,7 +229,7 @@ def test_mt_bench_and_alpaca_scores_by_hand():
     finals = [_final("alpaca_eval", 0, None, p, first="reference", qid=f"q{i}") for i, p in enumerate(prefs)]
     r = evaluate.score_alpaca(finals, [], evaluate.AlpacaEval(), ci=0.9)
     assert r["score"] == pytest.approx(57.5) and r["standard_error"] > 0
-    assert r["lc_win_rate"] is None and r["note"] == benchmarks.LC_NOT_COMPUTED
+    assert r["lc_win_rate"] is None and r["note"] == alpaca_eval.LC_NOT_COMPUTED
     # the model (shown second here) won 2 of the 3 decisive comparisons
     assert evaluate.position_stats("alpaca_eval", finals)["first_position_rate"] == pytest.approx(1 / 3)
 
@@ -414,7 +414,7 @@ def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models
     assert sorted((j["question_id"], j["game"]) for j in judgments) == sorted(
         (q, g) for q in {j["question_id"] for j in judgments} for g in (1, 2)
     )
-    assert all(j["final"] and j["verdict"] in benchmarks.ARENA_LABELS for j in judgments)
+    assert all(j["final"] and j["verdict"] in arena_hard.ARENA_LABELS for j in judgments)
     alpaca = pq.read_table(out / "judgments/alpaca_eval/tiny-qwen2-a").to_pylist()
     assert all(j["error"] or 1.0 <= j["score"] <= 2.0 for j in alpaca)
     # a rerun of the finished stage returns its summary and writes nothing
@@ -485,7 +485,7 @@ def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_p
     # a random model's free text almost never holds a [[label]]: each game went back for a second reply
     assert [j["attempts"] for j in judgments] == [2, 2], [j["raw"] for j in judgments]
     assert all(
-        j["error"] is None and j["verdict"] == benchmarks.parse_arena_verdict(j["raw"]) for j in judgments
+        j["error"] is None and j["verdict"] == arena_hard.parse_arena_verdict(j["raw"]) for j in judgments
     )
     assert summary.tokens["judge/tiny-qwen2-c"].calls == 4  # 2 games x (first reply + continuation)
     (row,) = summary.metrics["results"]
@@ -497,11 +497,11 @@ def test_alpaca_lc_is_computed_when_its_glm_data_is_configured(tmp_path):
     import csv
 
     n = 8
-    outs = benchmarks.alpaca_eval_outputs(SHARED / "alpaca_eval/gpt4_1106_preview.model_outputs.json")[:n]
+    outs = alpaca_eval.alpaca_eval_outputs(SHARED / "alpaca_eval/gpt4_1106_preview.model_outputs.json")[:n]
     # a df_gamed.csv in alpaca_eval's layout for these n instructions (the real one is on the HF Hub)
     gamed = tmp_path / "df_gamed.csv"
     with open(gamed, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "index", *benchmarks.LC_FILE_COLUMNS[2:]])
+        w = csv.DictWriter(f, fieldnames=["model", "index", *alpaca_eval.LC_FILE_COLUMNS[2:]])
         w.writeheader()
         for model, sign in (("gpt4_1106_preview_verbose", -1), ("gpt4_1106_preview_concise", 1)):
             for i in range(n):

@@ -1,5 +1,3 @@
-"""The benchmarks: readers of their published files and their scoring (``scoring``), the file fetcher
-(``files``: ``moaa fetch-benchmarks``)."""
-
-from moaa.benchmarks.scoring import *  # noqa: F403
-from moaa.benchmarks.scoring import NgramIndex  # noqa: F401
+"""The benchmarks: one module each (``mt_bench``, ``arena_hard``, ``alpaca_eval``: the reader of its
+published files and its scoring), ``decontaminate`` (13-gram overlap with their prompts), ``common``
+(what those share) and ``files`` (``moaa fetch-benchmarks``)."""

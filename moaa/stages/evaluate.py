@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from moaa import benchmarks
+from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
 from moaa.benchmarks.files import FILES as FULL_FILES
 from moaa.benchmarks.files import SAMPLE_DIR
 from moaa.core import layout, schemas, stage, storage
@@ -107,7 +107,7 @@ class ArenaHard(Config):
         f"{SAMPLE_DIR}/arena_hard/model_answer_gpt-4-0314.jsonl",
         description="The baseline's model_answer/<model>.jsonl.",
     )
-    baseline: str = Field(benchmarks.ARENA_BASELINE, description="The baseline's name in the results.")
+    baseline: str = Field(arena_hard.ARENA_BASELINE, description="The baseline's name in the results.")
     limit: int | None = Field(4, ge=1, description="First N questions; null: all 500.")
     max_tokens: int | None = Field(
         None, ge=1, description="Most tokens per answer (arena-hard-auto: 4096); null: the model's own."
@@ -355,7 +355,7 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
     AlpacaEval's reference output)."""
     items: dict[str, list[dict[str, Any]]] = {}
     if (mt := cfg.mt_bench) is not None:
-        qs = _read(benchmarks.mt_bench_questions, mt.questions, "mt_bench.questions", mt.references)
+        qs = _read(mt_bench.mt_bench_questions, mt.questions, "mt_bench.questions", mt.references)
         per_category = (
             min(sum(q["category"] == c for q in qs) for c in {q["category"] for q in qs}) if qs else 0
         )
@@ -376,8 +376,8 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
                 }
             )
     if (ah := cfg.arena_hard) is not None:
-        qs = _read(benchmarks.arena_hard_questions, ah.questions, "arena_hard.questions")
-        base = _read(benchmarks.arena_hard_answers, ah.baseline_answers, "arena_hard.baseline_answers")
+        qs = _read(arena_hard.arena_hard_questions, ah.questions, "arena_hard.questions")
+        base = _read(arena_hard.arena_hard_answers, ah.baseline_answers, "arena_hard.baseline_answers")
         _enough("arena_hard.questions", ah.questions, ah.limit, len(qs), "questions")
         qs = qs[: ah.limit] if ah.limit else qs
         missing = [q["uid"] for q in qs if q["uid"] not in base]
@@ -397,7 +397,7 @@ def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
             for q in qs
         ]
     if (ae := cfg.alpaca_eval) is not None:
-        outs = _read(benchmarks.alpaca_eval_outputs, ae.reference_outputs, "alpaca_eval.reference_outputs")
+        outs = _read(alpaca_eval.alpaca_eval_outputs, ae.reference_outputs, "alpaca_eval.reference_outputs")
         _enough("alpaca_eval.reference_outputs", ae.reference_outputs, ae.limit, len(outs), "instructions")
         outs = outs[: ae.limit] if ae.limit else outs
         items["alpaca_eval"] = [
@@ -498,7 +498,7 @@ def answer_sampling(state: dict[str, Any], *, base: SamplingConfig, rules: dict[
     if rule.get("max_tokens"):
         update["max_tokens"] = rule["max_tokens"]
     if rule.get("category_temperature"):
-        update["temperature"] = benchmarks.MT_BENCH_TEMPERATURE.get(state["category"], base.temperature)
+        update["temperature"] = mt_bench.MT_BENCH_TEMPERATURE.get(state["category"], base.temperature)
     if rule.get("temperature") is not None:
         update["temperature"] = rule["temperature"]
     return base.model_copy(update=update)
@@ -542,7 +542,7 @@ def judge_messages(state: dict[str, Any], turn: int, game: int) -> Messages:
     """The benchmark's own judge prompt for one judgment."""
     b, q, a, ref = state["benchmark"], state["turns"], state["answers"], state["reference"]
     if b == "mt_bench":
-        math_like = state["category"] in benchmarks.NEED_REFERENCE and bool(ref)
+        math_like = state["category"] in mt_bench.NEED_REFERENCE and bool(ref)
         refs = {f"ref_answer_{i + 1}": r for i, r in enumerate(ref or [])} if math_like else {}
         if turn == 1:
             p = prompts.MT_BENCH_SINGLE_MATH_V1 if math_like else prompts.MT_BENCH_SINGLE_V1
@@ -616,12 +616,12 @@ def parse_judgment(
     first-token logprobs, else from the choice."""
     text = c.text
     if benchmark == "mt_bench":
-        rating = benchmarks.parse_rating(text)
+        rating = mt_bench.parse_rating(text)
         return (None, None, None) if rating is None else (f"{rating:g}", rating, "text")
     if benchmark == "arena_hard":
-        return benchmarks.parse_arena_verdict(text), None, None
+        return arena_hard.parse_arena_verdict(text), None, None
     choice = text.strip() if text.strip() in ("m", "M") else None
-    pref = benchmarks.alpaca_preference(c.first_logprobs, switched) if c.first_logprobs else None
+    pref = alpaca_eval.alpaca_preference(c.first_logprobs, switched) if c.first_logprobs else None
     if pref is not None:
         return choice, pref, "logprobs"
     if choice is None:
@@ -675,7 +675,7 @@ def _unfinished(state: dict[str, Any], who: str, role: str) -> list[dict[str, An
         and j["role"] == role
         and j["error"] is None
         and j["attempts"] == 1
-        and not [m for m in benchmarks.ARENA_VERDICT_PATTERN.findall(j["raw"]) if m]
+        and not [m for m in arena_hard.ARENA_VERDICT_PATTERN.findall(j["raw"]) if m]
     ]
 
 
@@ -718,7 +718,7 @@ def apply_continuation(
             continue
         _count(state, f"{'aggregate' if role == 'aggregator' else 'judge'}/{who}", c)
         j["raw"] = f"{j['raw']}\n{c.texts[0]}"
-        j["verdict"] = benchmarks.parse_arena_verdict(j["raw"])
+        j["verdict"] = arena_hard.parse_arena_verdict(j["raw"])
         j["prompt_tokens"] += c.prompt_tokens
         j["completion_tokens"] += c.completion_tokens[0] if c.completion_tokens else 0
 
@@ -854,7 +854,7 @@ def _percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
 def score_mt_bench(finals: list[dict[str, Any]], bootstrap: int, ci: float, seed: int = 0) -> dict[str, Any]:
     """FastChat's show_result over the final ratings, with a bootstrap interval of the overall mean."""
     ratings = [{"turn": j["turn"], "score": j["score"]} for j in finals]
-    s = benchmarks.mt_bench_summary(ratings)
+    s = mt_bench.mt_bench_summary(ratings)
     judged = np.array([j["score"] for j in finals if j["score"] is not None], dtype=float)
     lower = upper = None
     if bootstrap > 0 and len(judged) > 1:
@@ -922,7 +922,7 @@ def score_arena(
     games = [
         {"uid": j["question_id"], "model": model, "game": j["game"], "verdict": j["verdict"]} for j in finals
     ]
-    rows = benchmarks.battles(games, baseline=cfg.baseline)
+    rows = arena_hard.battles(games, baseline=cfg.baseline)
     out: dict[str, Any] = {
         "metric": "arena_hard_score",
         "score": None,
@@ -936,7 +936,7 @@ def score_arena(
     if not rows:
         out["note"] = "no parsed verdicts: no battles to score"
         return out
-    r = benchmarks.arena_score(rows, baseline=cfg.baseline, bootstrap=bootstrap, ci=ci, model=model)
+    r = arena_hard.arena_score(rows, baseline=cfg.baseline, bootstrap=bootstrap, ci=ci, model=model)
     out.update(score=r["score"], lower=r["lower"], upper=r["upper"])
     if cfg.style_control:
         # token_len in whitespace words for both sides (arena-hard-auto counts gpt-4o tokens): the length
@@ -944,13 +944,13 @@ def score_arena(
         style: dict[str, dict[str, Any]] = {model: {}, cfg.baseline: {}}
         for a in answers:
             if a["answers"]:
-                style[model][a["question_id"]] = benchmarks.style_features(
+                style[model][a["question_id"]] = arena_hard.style_features(
                     a["answers"][0], len(a["answers"][0].split())
                 )
                 ref = a["reference"][0]
-                style[cfg.baseline][a["question_id"]] = benchmarks.style_features(ref, len(ref.split()))
+                style[cfg.baseline][a["question_id"]] = arena_hard.style_features(ref, len(ref.split()))
         try:
-            sc = benchmarks.arena_score(
+            sc = arena_hard.arena_score(
                 rows, baseline=cfg.baseline, bootstrap=bootstrap, ci=ci, model=model, style=style
             )
             out["details"].update(
@@ -968,7 +968,7 @@ def score_alpaca(
     finals: list[dict[str, Any]], answers: list[dict[str, Any]], cfg: AlpacaEval, ci: float
 ) -> dict[str, Any]:
     """AlpacaEval's win rate and standard error over the final preferences; LC only with its GLM data."""
-    w = benchmarks.alpaca_win_rate([j["score"] for j in finals])
+    w = alpaca_eval.alpaca_win_rate([j["score"] for j in finals])
     se = w["standard_error"]
     z = statistics.NormalDist().inv_cdf((1.0 + ci) / 2.0)
     ok = w["n_total"] > 0
@@ -988,7 +988,7 @@ def score_alpaca(
             "preference_from_logprobs": sum(j["score_from"] == "logprobs" for j in finals),
         },
         "lc_win_rate": None,
-        "note": benchmarks.LC_NOT_COMPUTED,
+        "note": alpaca_eval.LC_NOT_COMPUTED,
     }
     if cfg.lc_data is not None and answers:
         lc = alpaca_lc(finals, answers, cfg)
@@ -1003,7 +1003,7 @@ def score_alpaca(
 
 
 def alpaca_lc(finals: list[dict[str, Any]], answers: list[dict[str, Any]], cfg: AlpacaEval) -> dict[str, Any]:
-    """AlpacaEval's length-controlled win rate (``benchmarks.alpaca_lc_win_rate``) over this model's rows, in
+    """AlpacaEval's length-controlled win rate (``alpaca_eval.alpaca_lc_win_rate``) over this model's rows, in
     the reference file's order: its GLM matches each row to its instruction's difficulty by position."""
     pref = {j["question_id"]: j["score"] for j in finals}
     rows = sorted(answers, key=lambda a: a["question_id"])
@@ -1016,9 +1016,9 @@ def alpaca_lc(finals: list[dict[str, Any]], answers: list[dict[str, Any]], cfg: 
         }
         for a in rows
     ]
-    outs = _read(benchmarks.alpaca_eval_outputs, cfg.reference_outputs, "alpaca_eval.reference_outputs")
+    outs = _read(alpaca_eval.alpaca_eval_outputs, cfg.reference_outputs, "alpaca_eval.reference_outputs")
     try:
-        r = benchmarks.alpaca_lc_win_rate(
+        r = alpaca_eval.alpaca_lc_win_rate(
             annotations, _local_copy(cfg.lc_data), eval_set_instructions=[o["instruction"] for o in outs]
         )
     except ValueError as e:

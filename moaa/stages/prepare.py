@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa import benchmarks
+from moaa.benchmarks import decontaminate
 from moaa.core import manifests, schemas, stage, storage
 from moaa.core.config import Config, HubIdOrPath, InputPath, UserError, config_hash
 from moaa.core.stage import StageConfig, Summary
@@ -503,7 +503,7 @@ class Scan:
 class Benchmarks:
     """The n-gram index of the benchmark prompts that training prompts must not overlap."""
 
-    index: benchmarks.NgramIndex
+    index: decontaminate.NgramIndex
     labels: list[str]  # "<folder>/<file>#<row>" of every prompt (two benchmarks name it question.jsonl)
 
     @classmethod
@@ -513,17 +513,17 @@ class Benchmarks:
         prompts, labels = [], []
         for path in paths:
             try:
-                found = benchmarks.benchmark_prompts(path)
+                found = decontaminate.benchmark_prompts(path)
             except (OSError, ValueError) as e:
                 raise PrepareError(f"decontaminate: {e}") from None
             prompts += found
             name = "/".join(os.path.normpath(path).split(os.sep)[-2:])
             labels += [f"{name}#{i}" for i in range(len(found))]
-        return cls(benchmarks.ngram_index(prompts), labels)
+        return cls(decontaminate.ngram_index(prompts), labels)
 
     def overlap(self, messages: list[dict[str, str]]) -> list[str]:
         text = "\n".join(m["content"] for m in messages if m["role"] == "user")
-        return [self.labels[j] for j in benchmarks.matches(self.index, text)]
+        return [self.labels[j] for j in decontaminate.matches(self.index, text)]
 
 
 def reason_key(reason: str) -> str:

@@ -1,0 +1,132 @@
+"""MT-Bench: the reader of its published files and its scoring, without engines (pure functions).
+
+Read from the reference implementation, not re-derived: lm-sys/FastChat @ 0e6d3e4,
+``fastchat/llm_judge/common.py`` (``temperature_config``, ``NEED_REF_CATS``, ``one_score_pattern`` +
+``one_score_pattern_backup`` in ``run_judge_single``: the first ``[[x]]`` match, else the first ``[x]``, else
+-1) and ``fastchat/llm_judge/show_result.py`` (``display_result_single``: rows with score -1 are dropped, then
+the mean per turn and the mean of all remaining rows).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from moaa.benchmarks.common import (
+    as_object,
+    get_int,
+    get_str,
+    get_str_list,
+    load_jsonl,
+)
+
+
+def mt_bench_questions(
+    question_path: str | Path, reference_path: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """MT-Bench questions (FastChat's ``question.jsonl``) in file order, as
+    ``{question_id, category, turns: [str, str], reference: list[str] | None}``.
+
+    ``reference`` is the answer in ``reference_path`` (FastChat's ``reference_answer/gpt-4.jsonl``:
+    ``choices[0].turns``) when that file has the question, else the question's own ``reference`` field,
+    else None. As FastChat's ``check_data`` does, every question of a NEED_REFERENCE category must then
+    have a reference, and a reference for an unknown question is an error.
+    """
+    file_refs: dict[int, tuple[str, list[str]]] = {}
+    if reference_path is not None:
+        for where, row in load_jsonl(reference_path):
+            obj = as_object(row, where)
+            qid = get_int(obj, "question_id", where)
+            choices = obj.get("choices")
+            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                raise ValueError(f"{where}: 'choices' must be a non-empty list of objects")
+            if qid in file_refs:
+                raise ValueError(f"{where}: duplicate question_id {qid}")
+            file_refs[qid] = (where, get_str_list(choices[0].get("turns"), "choices[0].turns", where))
+
+    questions: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for where, row in load_jsonl(question_path):
+        obj = as_object(row, where)
+        qid = get_int(obj, "question_id", where)
+        if qid in seen:
+            raise ValueError(f"{where}: duplicate question_id {qid}")
+        seen.add(qid)
+        category = get_str(obj, "category", where)
+        turns = get_str_list(obj.get("turns"), "turns", where, length=2)
+        own = obj.get("reference")
+        reference = None if own is None else get_str_list(own, "reference", where)
+        if qid in file_refs:
+            reference = file_refs[qid][1]
+        elif reference_path is not None and category in NEED_REFERENCE:
+            raise ValueError(f"{where}: question {qid} ({category}) has no reference in {reference_path}")
+        questions.append({"question_id": qid, "category": category, "turns": turns, "reference": reference})
+
+    for qid, (where, _) in file_refs.items():
+        if qid not in seen:
+            raise ValueError(f"{where}: reference for question_id {qid}, which is not in {question_path}")
+    return questions
+
+
+# FastChat's temperature_config, entry for entry: the answer-generation temperature per category.
+# "arena-hard-200" is FastChat's own extra category, kept so the table is the source's.
+MT_BENCH_TEMPERATURE: dict[str, float] = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
+
+# FastChat's NEED_REF_CATS: these categories are judged with the reference-based prompts (single-math-v1*).
+NEED_REFERENCE: tuple[str, ...] = ("math", "reasoning", "coding", "arena-hard-200")
+
+_ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """The judge's rating as FastChat reads it: the first ``[[x]]``, else the first ``[x]``, else None
+    (FastChat's -1). FastChat's ``ast.literal_eval`` would raise on a leading zero such as ``[[07]]``;
+    ``float`` reads it as 7. Out-of-scale numbers are returned as they are, as in FastChat."""
+    match = _ONE_SCORE.search(text) or _ONE_SCORE_BACKUP.search(text)
+    return float(match.group(1)) if match else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def mt_bench_summary(ratings: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """One model's MT-Bench result from ``{question_id, turn, category, score}`` records.
+
+    As FastChat's show_result.py: unparsed ratings (None, or FastChat's -1) are left out, ``turn_1`` and
+    ``turn_2`` are the means per turn, and ``overall`` is the mean of every judged turn (not the mean of the
+    two turn means, which differs when a turn has unparsed ratings). A mean with nothing judged is None.
+    """
+    scores: dict[int, list[float]] = {1: [], 2: []}
+    unparsed = 0
+    for i, record in enumerate(ratings):
+        turn = record.get("turn")
+        if turn not in (1, 2):
+            raise ValueError(f"rating {i}: 'turn' must be 1 or 2, got {turn!r}")
+        score = record.get("score")
+        if score is None or score == -1:
+            unparsed += 1
+            continue
+        scores[turn].append(float(score))
+    every = scores[1] + scores[2]
+    return {
+        "turn_1": _mean(scores[1]),
+        "turn_2": _mean(scores[2]),
+        "overall": _mean(every),
+        "judged": len(every),
+        "unparsed": unparsed,
+    }
