@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from moaa.benchmarks import alpaca_eval, arena_hard, decontaminate, mt_bench
-from moaa.judging import prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -493,20 +492,20 @@ def test_overlaps_finds_13_word_overlap_and_ignores_12():
 
 @needs_data
 def test_judge_prompts_are_verbatim():
-    assert prompts.ALPACA_EVAL_CLF == (DATA / "alpaca_eval" / "alpaca_eval_clf.txt").read_text(
+    assert alpaca_eval.ALPACA_EVAL_CLF == (DATA / "alpaca_eval" / "alpaca_eval_clf.txt").read_text(
         encoding="utf-8"
     )
     config = yaml.safe_load((DATA / "arena_hard" / "judge_config_v0.1.yaml").read_text(encoding="utf-8"))
-    assert prompts.ARENA_HARD_SYSTEM == config["system_prompt"]
-    assert [prompts.ARENA_HARD_TEMPLATE] == config["prompt_template"]
+    assert arena_hard.ARENA_HARD_SYSTEM == config["system_prompt"]
+    assert [arena_hard.ARENA_HARD_TEMPLATE] == config["prompt_template"]
     assert config["regex_pattern"] == arena_hard.ARENA_VERDICT_PATTERN.pattern
     assert config["baseline_model"] == arena_hard.ARENA_BASELINE
     judge = {p["name"]: p for p in _jsonl(DATA / "mt_bench" / "judge_prompts.jsonl")}
     for constant, name in [
-        (prompts.MT_BENCH_SINGLE_V1, "single-v1"),
-        (prompts.MT_BENCH_SINGLE_MATH_V1, "single-math-v1"),
-        (prompts.MT_BENCH_SINGLE_V1_MULTI_TURN, "single-v1-multi-turn"),
-        (prompts.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN, "single-math-v1-multi-turn"),
+        (mt_bench.MT_BENCH_SINGLE_V1, "single-v1"),
+        (mt_bench.MT_BENCH_SINGLE_MATH_V1, "single-math-v1"),
+        (mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN, "single-v1-multi-turn"),
+        (mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN, "single-math-v1-multi-turn"),
     ]:
         assert constant == {
             "system": judge[name]["system_prompt"],

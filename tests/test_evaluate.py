@@ -12,11 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa.benchmarks import alpaca_eval, arena_hard
+from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
 from moaa.core import schemas
 from moaa.core.config import ConfigError, load_config
 from moaa.engine.settings import Completion, SamplingConfig
-from moaa.judging import prompts
 from moaa.stages import evaluate
 from moaa.stages.evaluate import EvaluateConfig
 
@@ -61,14 +60,14 @@ def test_mt_bench_second_turn_is_asked_on_the_models_own_first_answer():
     ]
     s["answers"].append("my second answer")
     system, user = evaluate.judge_messages(s, 2, 0)
-    assert system["content"] == prompts.MT_BENCH_SINGLE_V1_MULTI_TURN["system"]
+    assert system["content"] == mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN["system"]
     assert "### Assistant A:\nmy first answer" in user["content"]
     assert "### Assistant A:\nmy second answer" in user["content"]
     # a math question is graded against the reference answers (FastChat's single-math-v1 prompts)
     m = _state("mt_bench", ["1+1?", "2+2?"], ["2", "5"], reference=["R1", "R2"], category="math")
     assert "[The Start of Reference Answer]\nR1" in evaluate.judge_messages(m, 1, 0)[1]["content"]
     turn2 = evaluate.judge_messages(m, 2, 0)
-    assert turn2[0]["content"] == prompts.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN["system"]
+    assert turn2[0]["content"] == mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN["system"]
     assert "### Reference answer:\nR2" in turn2[1]["content"]
 
 
@@ -100,7 +99,7 @@ def test_an_arena_judgment_without_a_label_is_sent_back_once_as_in_v01():
     assert conv[:-2] == evaluate.judge_messages(s, 1, 1)
     assert conv[-2:] == [
         {"role": "assistant", "content": "A is longer, B is right."},
-        {"role": "user", "content": prompts.ARENA_HARD_CONTINUE},
+        {"role": "user", "content": arena_hard.ARENA_HARD_CONTINUE},
     ]
     evaluate.apply_continuation(
         s, [Completion(texts=["So: [[B>A]]"], prompt_tokens=130, completion_tokens=[4])], [conv], **kw

@@ -27,6 +27,48 @@ from moaa.benchmarks.common import (
     sigmoid,
 )
 
+# ---------------------------------------------------------------------------------------- judge prompt
+# AlpacaEval 2 judge (annotator weighted_alpaca_eval_gpt4_turbo: gpt-4-1106-preview, max_tokens 1,
+# top_logprobs 5; the preference is read from the logprobs of "m" and "M", see
+# alpaca_preference). Verbatim from tatsu-lab/alpaca_eval,
+# src/alpaca_eval/evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt at commit
+# cd543a149df89434d8a54582c0151c0b945c3d20 (Apache-2.0). A ChatML text, system turn included. The braces
+# around the placeholders are literal, so fill {instruction}, {output_1} (model "m", the reference) and
+# {output_2} ("M") with str.replace, as alpaca_eval's utils.make_prompts does, not with str.format.
+ALPACA_EVAL_CLF = '''<|im_start|>system
+You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based on the quality of their responses to a given instruction. This process will be used to create a leaderboard reflecting the most accurate and human-preferred answers.
+<|im_end|>
+<|im_start|>user
+I require a leaderboard for various large language models. I'll provide you with prompts given to these models and their corresponding outputs. Your task is to assess these responses, and select the model that produces the best output from a human perspective.
+
+## Instruction
+
+{
+    "instruction": """{instruction}""",
+}
+
+## Model Outputs
+
+Here are the unordered outputs from the models. Each output is associated with a specific model, identified by a unique model identifier.
+
+{
+    {
+        "model_identifier": "m",
+        "output": """{output_1}"""
+    },
+    {
+        "model_identifier": "M",
+        "output": """{output_2}"""
+    }
+}
+
+## Task
+
+Evaluate the models based on the quality and relevance of their outputs, and select the model that generated the best output. Answer by providing the model identifier of the best model. We will use your output as the name of the best model, so make sure your output only contains one of the following model identifiers and nothing else (no quotes, no spaces, no new lines, ...): m or M.
+
+## Best Model Identifier
+<|im_end|>'''  # noqa: E501
+
 
 def alpaca_eval_outputs(path: str | Path) -> list[dict[str, str]]:
     """An AlpacaEval ``model_outputs.json`` (a JSON list) in file order, as
@@ -119,7 +161,7 @@ def alpaca_win_rate(preferences: Iterable[float | str | None]) -> dict[str, Any]
 def alpaca_preference(top_logprobs: Mapping[str, float], switched: bool = False) -> float | None:
     """The weighted_alpaca_eval_gpt4_turbo preference from the judge's first-token top logprobs, as
     ``logprob_parser(numerator_token="m", denominator_tokens=["m", "M"], is_binarize=False)``:
-    2 - P(m) / (P(m) + P(M)), where "m" names output_1 in ``prompts.ALPACA_EVAL_CLF``. None when neither
+    2 - P(m) / (P(m) + P(M)), where "m" names output_1 in ``ALPACA_EVAL_CLF``. None when neither
     token is among the top logprobs (the source's NaN). ``switched``: the two outputs were shown in the
     other order, so the preference is mapped back with 3 - x, as the pairwise annotator does."""
     lp_m, lp_big = top_logprobs.get("m"), top_logprobs.get("M")

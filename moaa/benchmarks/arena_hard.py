@@ -30,6 +30,47 @@ from moaa.benchmarks.common import (
     sigmoid,
 )
 
+# ---------------------------------------------------------------------------------------- judge prompt
+# Arena-Hard v0.1 judge (gpt-4-1106-preview, temperature 0, max_tokens 4096, baseline gpt-4-0314). System
+# prompt and the one prompt template verbatim from lmarena/arena-hard-auto, config/judge_config.yaml at
+# commit 3071ef95d913bb5cd632641db336a3b6c7fe4bdd (the last commit with that file; Apache-2.0). In game 1
+# {answer_1} is the baseline's answer and {answer_2} the model's; game 2 swaps them (gen_judgment.py).
+ARENA_HARD_SYSTEM = """Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user prompt displayed below. You will be given assistant A's answer and assistant B's answer. Your job is to evaluate which assistant's answer is better.
+
+Begin your evaluation by generating your own answer to the prompt. You must provide your answers before judging any answers.
+
+When evaluating the assistants' answers, compare both assistants' answers with your answer. You must identify and correct any mistakes or inaccurate information.
+
+Then consider if the assistant's answers are helpful, relevant, and concise. Helpful means the answer correctly responds to the prompt or follows the instructions. Note when user prompt has any ambiguity or more than one interpretation, it is more helpful and appropriate to ask for clarifications or more information from the user than providing an answer based on assumptions. Relevant means all parts of the response closely connect or are appropriate to what is being asked. Concise means the response is clear and not verbose or excessive.
+
+Then consider the creativity and novelty of the assistant's answers when needed. Finally, identify any missing important information in the assistants' answers that would be beneficial to include when responding to the user prompt.
+
+After providing your explanation, you must output only one of the following choices as your final verdict with a label:
+
+1. Assistant A is significantly better: [[A>>B]]
+2. Assistant A is slightly better: [[A>B]]
+3. Tie, relatively the same: [[A=B]]
+4. Assistant B is slightly better: [[B>A]]
+5. Assistant B is significantly better: [[B>>A]]
+
+Example output: "My final verdict is tie: [[A=B]]"."""  # noqa: E501
+
+ARENA_HARD_TEMPLATE = """<|User Prompt|>
+{question_1}
+
+<|The Start of Assistant A's Answer|>
+{answer_1}
+<|The End of Assistant A's Answer|>
+
+<|The Start of Assistant B's Answer|>
+{answer_2}
+<|The End of Assistant B's Answer|>"""
+
+# Arena-Hard v0.1: the user turn sent when a judgment has no verdict label (number_of_judgment_attempts: 2);
+# the verdict is then parsed from both replies together. Verbatim from lmarena/arena-hard-auto,
+# gen_judgment.py at commit 3071ef95d913bb5cd632641db336a3b6c7fe4bdd (Apache-2.0).
+ARENA_HARD_CONTINUE = "continue your judgment and finish by outputting a final verdict label"
+
 
 def arena_hard_questions(path: str | Path) -> list[dict[str, str]]:
     """Arena-Hard questions (``question.jsonl``, layout of arena-hard-auto @ 196f6b8) in file order, as
@@ -79,7 +120,7 @@ def parse_arena_verdict(text: str) -> str | None:
     ARENA_LABELS (say ``[[A<B]]``) is None too, since show_result.py gives such a game no battles.
 
     In v0.1 a judgment without a verdict is sent back once ("continue your judgment ...",
-    ``prompts.ARENA_HARD_CONTINUE``) and the two replies are parsed together: pass their concatenation.
+    ``ARENA_HARD_CONTINUE``) and the two replies are parsed together: pass their concatenation.
     """
     matches = [m for m in ARENA_VERDICT_PATTERN.findall(text) if m != ""]
     if len(set(matches)) != 1:

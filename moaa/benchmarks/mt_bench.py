@@ -23,6 +23,102 @@ from moaa.benchmarks.common import (
     load_jsonl,
 )
 
+# ---------------------------------------------------------------------------------------- judge prompt
+# MT-Bench single-answer grading (judge gpt-4, temperature 0, max_tokens 2048), one dict per FastChat prompt
+# name: "system" is the system message, "template" the user message. Verbatim (system_prompt and
+# prompt_template) from lm-sys/FastChat, fastchat/llm_judge/data/judge_prompts.jsonl at commit
+# 0e6d3e4beaab66f4d3f93db72541a4abab8af28d (Apache-2.0). The *_MATH_* prompts are for the categories in
+# NEED_REFERENCE and take the reference answer ({ref_answer_1}, {ref_answer_2}); the
+# *_MULTI_TURN prompts grade turn 2 with the whole conversation. Fill with str.format.
+MT_BENCH_SINGLE_V1 = {
+    "system": """You are a helpful assistant.""",
+    "template": """[Instruction]
+Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question displayed below. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your evaluation by providing a short explanation. Be as objective as possible. After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: "Rating: [[5]]".
+
+[Question]
+{question}
+
+[The Start of Assistant's Answer]
+{answer}
+[The End of Assistant's Answer]""",  # noqa: E501
+}
+
+MT_BENCH_SINGLE_MATH_V1 = {
+    "system": """You are a helpful assistant.""",
+    "template": """[Instruction]
+Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question displayed below. Your evaluation should consider correctness and helpfulness. You will be given a reference answer and the assistant's answer. Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: "Rating: [[5]]".
+
+[Question]
+{question}
+
+[The Start of Reference Answer]
+{ref_answer_1}
+[The End of Reference Answer]
+
+[The Start of Assistant's Answer]
+{answer}
+[The End of Assistant's Answer]""",  # noqa: E501
+}
+
+MT_BENCH_SINGLE_V1_MULTI_TURN = {
+    "system": """Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question displayed below. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. You evaluation should focus on the assistant's answer to the second user question. Begin your evaluation by providing a short explanation. Be as objective as possible. After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: "Rating: [[5]]".
+
+""",  # noqa: E501
+    "template": """<|The Start of Assistant A's Conversation with User|>
+
+### User:
+{question_1}
+
+### Assistant A:
+{answer_1}
+
+### User:
+{question_2}
+
+### Assistant A:
+{answer_2}
+
+<|The End of Assistant A's Conversation with User|>""",
+}
+
+MT_BENCH_SINGLE_MATH_V1_MULTI_TURN = {
+    "system": """Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question. Your evaluation should consider correctness and helpfulness. You will be given a reference answer and the assistant's answer. You evaluation should focus on the assistant's answer to the second question. Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: "Rating: [[5]]".
+
+""",  # noqa: E501
+    "template": """<|The Start of Reference Answer|>
+
+### User:
+{question_1}
+
+### Reference answer:
+{ref_answer_1}
+
+### User:
+{question_2}
+
+### Reference answer:
+{ref_answer_2}
+
+<|The End of Reference Answer|>
+
+
+<|The Start of Assistant A's Conversation with User|>
+
+### User:
+{question_1}
+
+### Assistant A:
+{answer_1}
+
+### User:
+{question_2}
+
+### Assistant A:
+{answer_2}
+
+<|The End of Assistant A's Conversation with User|>""",
+}
+
 
 def mt_bench_questions(
     question_path: str | Path, reference_path: str | Path | None = None

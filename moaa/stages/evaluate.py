@@ -256,11 +256,11 @@ class EvaluateConfig(StageConfig):
 
     def fingerprint(self) -> str:
         judge_prompts = [
-            prompts.ALPACA_EVAL_CLF,
-            prompts.ARENA_HARD_SYSTEM,
-            prompts.ARENA_HARD_TEMPLATE,
-            json.dumps([prompts.MT_BENCH_SINGLE_V1, prompts.MT_BENCH_SINGLE_MATH_V1]),
-            json.dumps([prompts.MT_BENCH_SINGLE_V1_MULTI_TURN, prompts.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN]),
+            alpaca_eval.ALPACA_EVAL_CLF,
+            arena_hard.ARENA_HARD_SYSTEM,
+            arena_hard.ARENA_HARD_TEMPLATE,
+            json.dumps([mt_bench.MT_BENCH_SINGLE_V1, mt_bench.MT_BENCH_SINGLE_MATH_V1]),
+            json.dumps([mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN, mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN]),
             prompts.AGGREGATE_BENCHMARK_JUDGMENTS,
         ]
         data = {
@@ -535,7 +535,7 @@ def _chatml(text: str) -> Messages:
     return [{"role": role, "content": content} for role, content in found]
 
 
-ALPACA_MESSAGES = _chatml(prompts.ALPACA_EVAL_CLF)
+ALPACA_MESSAGES = _chatml(alpaca_eval.ALPACA_EVAL_CLF)
 
 
 def judge_messages(state: dict[str, Any], turn: int, game: int) -> Messages:
@@ -545,13 +545,13 @@ def judge_messages(state: dict[str, Any], turn: int, game: int) -> Messages:
         math_like = state["category"] in mt_bench.NEED_REFERENCE and bool(ref)
         refs = {f"ref_answer_{i + 1}": r for i, r in enumerate(ref or [])} if math_like else {}
         if turn == 1:
-            p = prompts.MT_BENCH_SINGLE_MATH_V1 if math_like else prompts.MT_BENCH_SINGLE_V1
+            p = mt_bench.MT_BENCH_SINGLE_MATH_V1 if math_like else mt_bench.MT_BENCH_SINGLE_V1
             user = p["template"].format(question=q[0], answer=a[0], **refs)
         else:
             p = (
-                prompts.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN
+                mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN
                 if math_like
-                else prompts.MT_BENCH_SINGLE_V1_MULTI_TURN
+                else mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN
             )
             user = p["template"].format(
                 question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **refs
@@ -559,8 +559,11 @@ def judge_messages(state: dict[str, Any], turn: int, game: int) -> Messages:
         return [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
     if b == "arena_hard":
         first, second = (ref[0], a[0]) if game == 1 else (a[0], ref[0])
-        user = prompts.ARENA_HARD_TEMPLATE.format(question_1=q[0], answer_1=first, answer_2=second)
-        return [{"role": "system", "content": prompts.ARENA_HARD_SYSTEM}, {"role": "user", "content": user}]
+        user = arena_hard.ARENA_HARD_TEMPLATE.format(question_1=q[0], answer_1=first, answer_2=second)
+        return [
+            {"role": "system", "content": arena_hard.ARENA_HARD_SYSTEM},
+            {"role": "user", "content": user},
+        ]
     out_1, out_2 = (a[0], ref[0]) if state["switched"] else (ref[0], a[0])
     # str.replace, as alpaca_eval fills its templates: the braces around the placeholders are literal.
     fill = {"{instruction}": q[0], "{output_1}": out_1, "{output_2}": out_2}
@@ -681,7 +684,7 @@ def _unfinished(state: dict[str, Any], who: str, role: str) -> list[dict[str, An
 
 def build_continuation(state: dict[str, Any], *, benchmark: str, who: str, role: str, judges: list[str]):
     """Arena-Hard v0.1's second attempt: the same conversation, the judge's first reply, then
-    ``prompts.ARENA_HARD_CONTINUE``."""
+    ``arena_hard.ARENA_HARD_CONTINUE``."""
     if state["benchmark"] != benchmark:
         return None
     convs = []
@@ -694,7 +697,7 @@ def build_continuation(state: dict[str, Any], *, benchmark: str, who: str, role:
             [
                 *first,
                 {"role": "assistant", "content": j["raw"]},
-                {"role": "user", "content": prompts.ARENA_HARD_CONTINUE},
+                {"role": "user", "content": arena_hard.ARENA_HARD_CONTINUE},
             ]
         )
     return convs
