@@ -8,9 +8,10 @@ A job started from the command line (``moaa.core.config.parse_cli``) calls ``set
   elsewhere (CI, ``> log``), never Ray Data's operator dumps;
 - Ray's, Ray Data's, Ray Train's, transformers' and vLLM's logs go to ``<run>/logs/<time>-<job>/``:
   ``driver.log`` (this process: Python loggers, warnings, the native lines Ray's core worker writes to file
-  descriptor 2) and ``ray/`` (Ray's session logs: every engine actor's and training worker's output, copied
-  there when the job ends; while it runs ``ray`` links to them). One printed line says where. ``verbose=true``
-  (or ``--verbose``) leaves every log on the console, as Ray prints it.
+  descriptor 2) and ``ray/`` (Ray's session logs: every engine actor's and training worker's output; a link
+  while the job runs, copied there when it ends if the job started that Ray itself, a link to a cluster's,
+  which hold every job's). One printed line says where. ``verbose=true`` (or ``--verbose``) leaves every log
+  on the console, as Ray prints it.
 
 An error that ends the job is still printed in full (Python's tracebacks go to the console's stderr, and a
 remote task's error is raised in the driver with its traceback), followed by the line saying where the logs
@@ -79,7 +80,8 @@ class _LazyFileHandler(logging.FileHandler):
 
 
 def setup(runs_dir: str, run_id: str, job: str, verbose: bool) -> None:
-    """Quiet the console for a command-line job (see the module docstring); ``verbose`` changes nothing."""
+    """Quiet the console for a command-line job (see the module docstring); with ``verbose``, nothing is
+    changed and Ray prints as it does."""
     if verbose or _state.quiet:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -120,21 +122,19 @@ def _quiet_ray_data() -> None:
     _to_file(("ray.data", "ray"))
 
 
-def quiet() -> bool:
-    return _state.quiet
-
-
 def start_ray(address: str | None) -> None:
     """Start (or connect to) Ray for a job, once per process. When quiet, worker and actor output stays in
     Ray's session logs, which ``_ray_started`` links into the run folder."""
     import ray
 
     if not ray.is_initialized():
+        # a Ray started here holds only this job's processes: its session logs are copied at exit
+        own = address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=address, log_to_driver=not _state.quiet)
-        _ray_started()
+        _ray_started(own)
 
 
-def _ray_started() -> None:
+def _ray_started(own: bool) -> None:
     """Called right after ``ray.init`` (work is about to be done): create the log folder, point file
     descriptor 2 (where Ray's core worker writes its native log lines) at driver.log while Python's
     ``sys.stderr`` stays on the terminal, link Ray's session logs, and say where they are."""
@@ -157,7 +157,8 @@ def _ray_started() -> None:
     link = os.path.join(_state.log_dir, "ray")
     if session and not os.path.lexists(link):
         os.symlink(session, link)
-        atexit.register(_copy_session_logs, session, link)
+        if own:  # a cluster's session logs hold every job's: they stay linked, not copied
+            atexit.register(_copy_session_logs, session, link)
     print(f"[moaa] logs (Ray, Ray Data, Ray Train, vLLM): {_state.log_dir}  (verbose=true shows them here)")
 
 
