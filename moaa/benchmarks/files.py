@@ -138,6 +138,16 @@ def missing(dest: str | Path) -> list[BenchmarkFile]:
     return [f for f in FILES if not has_right_copy(dest, f)]
 
 
+def fetch_command(path: str) -> str:
+    """The command that puts the published file ``path`` where it is expected: ``moaa fetch-benchmarks
+    <its folder>`` when ``path`` ends in a published file's place in that layout."""
+    for f in FILES:
+        if path.replace("\\", "/").endswith("/" + f.local) or path == f.local:
+            folder = path[: -len(f.local)].rstrip("/") or "."
+            return f"moaa fetch-benchmarks {folder}"
+    return "moaa fetch-benchmarks"
+
+
 def _check_sources(sources: Sequence[str]) -> None:
     if isinstance(sources, str):
         raise TypeError("sources is a list of sources, not one string")

@@ -50,8 +50,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
-from moaa.benchmarks.files import FILES as FULL_FILES
-from moaa.benchmarks.files import SAMPLE_DIR
+from moaa.benchmarks.files import DEFAULT_DIR, SAMPLE_DIR, fetch_command
 from moaa.core import layout, schemas, stage, storage
 from moaa.core.config import Config, InputPath, UserError
 from moaa.core.stage import Price, StageConfig, Summary
@@ -297,16 +296,6 @@ def _local_copy(path: str) -> str:
     return t.name
 
 
-def fetch_command(path: str) -> str:
-    """The command that puts the published file ``path`` where it is expected: ``moaa fetch-benchmarks
-    <its folder>`` when ``path`` ends in a published file's place in that layout."""
-    for f in FULL_FILES:
-        if path.replace("\\", "/").endswith("/" + f.local) or path == f.local:
-            folder = path[: -len(f.local)].rstrip("/") or "."
-            return f"moaa fetch-benchmarks {folder}"
-    return "moaa fetch-benchmarks"
-
-
 def _read(reader, path: str, key: str, *args: Any):
     """Run a ``moaa.benchmarks`` reader on a local path or a URI, turning failures into messages that name
     the setting and the fix."""
@@ -333,10 +322,10 @@ def _enough(key: str, path: str, asked: int | None, got: int, unit: str) -> None
         return
     wanted = "all of them" if asked is None else f"{asked} asked"
     if excerpt:
-        full = f"data/benchmarks/{rel.split(SAMPLE_DIR + '/', 1)[-1]}"
+        full = f"{DEFAULT_DIR}/{rel.split(SAMPLE_DIR + '/', 1)[-1]}"
         fix = (
             "it is the shipped excerpt: `moaa fetch-benchmarks` puts the published files in "
-            f"data/benchmarks/, then set {key}={full}"
+            f"{DEFAULT_DIR}/, then set {key}={full}"
         )
     else:
         fix = "ask for fewer"
