@@ -103,7 +103,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     moa = config("moa")
-    pools = vllm.start_pools(moa.all_models())
+    pools = vllm.start_pools(moa.engine_models())
     results: dict[str, dict] = {}
     try:
         answered = evaluate.run(config("single"), pools=pools)  # answers (and a first single judging)

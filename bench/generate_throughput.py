@@ -114,10 +114,10 @@ def throughput(model: str, n_prompts: int, max_tokens: int, batch_size: int, rou
         # Both sides start their engines first (not timed), then run alternately, so that a load change on
         # the machine hits both; the best round of each side is compared.
         shards.init_ray(None)
-        pools = vllm.start_pools(cfg.models())
+        pools = vllm.start_pools(cfg.engine_models())
         # As shared as the pools: one engine per distinct engine (a second engine built and dropped in this
         # process would tear down vLLM's process-wide parallel state under the one kept).
-        distinct = {settings.engine_key(m): m for m in cfg.models()}
+        distinct = {settings.engine_key(m): m for m in cfg.engine_models()}
         engines = {key: VLLMEngine(m) for key, m in distinct.items()}
         results: dict[str, list[tuple[float, int]]] = {"plain": [], "ray": []}
         try:
@@ -180,7 +180,7 @@ def scale_one(rows: int) -> dict:
         )
         t0 = time.perf_counter()
         shards.init_ray(None)
-        pools = {settings.engine_key(m): StubPool(m) for m in cfg.models()}
+        pools = {settings.engine_key(m): StubPool(m) for m in cfg.engine_models()}
         summary = generate_sft.run(cfg, pools=pools)
         wall = time.perf_counter() - t0
     assert summary.rows == rows, summary

@@ -19,8 +19,8 @@ CONFIG_CLASS = train.TrainDPOConfig
 
 def main(cfg: train.TrainDPOConfig) -> Summary:
     # read + check (schema, error rows, model) -> scale (Ray Train workers) -> train (TRL) -> save (rank 0)
-    summary = train.run(cfg)
-    print(train.one_line(summary))
+    summary = train.TRAIN_DPO.run(cfg)
+    print(train.TRAIN_DPO.one_line(summary))
     return summary
 
 

@@ -19,8 +19,8 @@ CONFIG_CLASS = train.TrainSFTConfig
 
 def main(cfg: train.TrainSFTConfig) -> Summary:
     # read + check (schema, error rows, model) -> scale (Ray Train workers) -> train (TRL) -> save (rank 0)
-    summary = train.run(cfg)
-    print(train.one_line(summary))
+    summary = train.TRAIN_SFT.run(cfg)
+    print(train.TRAIN_SFT.one_line(summary))
     return summary
 
 

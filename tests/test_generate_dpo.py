@@ -192,7 +192,7 @@ def moa_sft_run(tmp_path_factory, tiny_models, ray_local):
     )
     out = runs_dir / "generate_dpo-moa_sft"
     cfg = _cfg(tiny_models, prompts, out, f"runs_dir={runs_dir}", "pairs=moa_sft")
-    pools = start_pools([*sft_cfg.models(), *cfg.models()])
+    pools = start_pools([*sft_cfg.engine_models(), *cfg.engine_models()])
     try:
         assert len(pools) == 3  # the three tiny models, each one engine for every role
         generate_sft.run(sft_cfg, pools=pools)

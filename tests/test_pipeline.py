@@ -74,7 +74,7 @@ def test_the_paper_recipe_fits_its_cluster():
     for r, name in cfg.plan():
         stage_cfg = cfg.stage_config(name, r)
         if name in ("generate_sft", "generate_dpo", "evaluate"):
-            models = stage_cfg.all_models() if name == "evaluate" else stage_cfg.models()
+            models = stage_cfg.engine_models()
             engines = {}
             for m in models:
                 assert m.num_gpus == m.tensor_parallel_size <= gpus_per_node, (r, name, m.display_name)

@@ -168,7 +168,7 @@ def test_moa_sft_ignores_the_policy_and_reads_this_rounds_generate_sft_data(tmp_
     assert cfg.in_dir() == str(tmp_path / "r/generate_sft/data")
     round2 = load_config(GenerateDPOConfig, None, [f"runs_dir={tmp_path}", "pairs=moa_sft", "round=2"])
     assert round2.in_dir() == str(tmp_path / "demo/round-2/generate_sft/data")
-    assert cfg.models() == cfg.judge.models()  # no policy engine
+    assert cfg.engine_models() == cfg.judge.models()  # no policy engine
     other_policy = load_config(
         GenerateDPOConfig,
         None,

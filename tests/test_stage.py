@@ -1,6 +1,7 @@
 """The stage contract, checked without engines: one summary record, one run layout, schemas in the wheel,
 and every stage module built on the shared pieces (private names: tests/test_structure.py)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -69,12 +70,12 @@ def test_one_model_in_several_roles_is_one_engine():
 
     # the embedded default: two proposers and the aggregator are one model sampled three ways
     sft = GenerateSFTConfig()
-    assert len({m.display_name for m in sft.models()}) == 3
-    assert len({engine_key(m) for m in sft.models()}) == 1
+    assert len({m.display_name for m in sft.engine_models()}) == 3
+    assert len({engine_key(m) for m in sft.engine_models()}) == 1
     assert len({engine_key(m) for m in JudgeEvalConfig().pass_judge().models()}) == 1
     # another context length is another engine
     other = load_config(GenerateSFTConfig, None, ["aggregator.max_model_len=4096"])
-    assert len({engine_key(m) for m in other.models()}) == 2
+    assert len({engine_key(m) for m in other.engine_models()}) == 2
 
 
 @pytest.mark.slow
@@ -111,3 +112,64 @@ def test_the_wheel_ships_the_schemas(tmp_path):
     shipped = {p.name for p in (ROOT / "schemas").glob("*.json")}
     assert shipped and {f"schemas/{n}" for n in shipped} <= names
     assert "moaa/core/schemas.py" in names and "jobs/generate_sft.py" in names
+
+
+# ------------------------------------------------------------------------------ one Stage base, one list
+
+
+def test_one_list_of_stages_serves_the_layout_the_registry_and_the_jobs():
+    import importlib
+
+    from moaa.stages import registry
+
+    assert tuple(registry.STAGES) == layout.STAGES
+    for name, impl in registry.STAGES.items():
+        assert isinstance(impl, stage.Stage) and impl.name == name == impl.config.stage
+        assert importlib.import_module(f"jobs.{name}").CONFIG_CLASS is impl.config
+        assert issubclass(impl.metrics, stage.StageMetrics)
+    assert registry.of("train_dpo").releases_engines and not registry.of("generate_sft").releases_engines
+
+
+def test_every_metric_is_typed_and_documented_and_a_misspelt_one_is_refused():
+    from moaa.stages import generate_dpo, pipeline, registry
+
+    models = [*(s.metrics for s in registry.STAGES.values()), pipeline.STAGE.metrics]
+    for model in models:
+        for name, f in model.model_fields.items():
+            assert f.description, f"{model.__name__}.{name} has no description"
+            # a default: a summary from an older moaa (a key it did not write) still reads
+            assert not f.is_required(), f"{model.__name__}.{name} has no default"
+    with pytest.raises(ValueError, match="pair"):
+        generate_dpo.GenerateDPOMetrics(pair=3)  # the stage cannot write a key the report does not read
+    s = stage.Summary(
+        stage="generate_dpo", run_id="r", round=1, rows=4, errors=0, wall_s=1.0, outputs={},
+        metrics={"pairs": 3, "ties": 1, "retired_key": 7}, config_hash="h", moaa_version="0",
+    )  # fmt: skip
+    m = registry.of(s).read(s)
+    assert (m.pairs, m.ties, m.position_consistency) == (3, 1, None)  # the old key is left out
+    assert "3 pairs, 1 ties from 4 prompts" in registry.of(s).key_numbers(s)
+    s.metrics["pairs"] = "three"
+    with pytest.raises(stage.MetricsError, match="generate_dpo summary of run 'r'"):
+        registry.of(s).read(s)
+
+
+def test_a_stage_computes_its_fingerprint_once_and_a_rerun_writes_nothing(tmp_path, monkeypatch):
+    from moaa.stages import prepare
+
+    calls = []
+    original = prepare.PrepareConfig.fingerprint_data
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(prepare.PrepareConfig, "fingerprint_data", counted)
+    cfg = load_config(prepare.PrepareConfig, None, [f"runs_dir={tmp_path}", "run_id=fp"])
+    first = prepare.run(cfg)
+    assert len(calls) == 1
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "fp").rglob("*")}
+    again = prepare.run(cfg)
+    assert again == first and len(calls) == 2  # the rerun's one check
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fp").rglob("*")} == written
+    summary = json.loads((tmp_path / "fp" / "prepare" / "summary.json").read_text())
+    assert summary["config_hash"] == cfg.fingerprint() == first.config_hash

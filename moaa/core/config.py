@@ -190,10 +190,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         raise ConfigError(_format_errors(cls, e, source)) from None
 
 
+def hash_data(data: Any) -> str:
+    """A short stable hash of JSON-able data (keys sorted): what a stage's fingerprint is."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: BaseModel, **include: Any) -> str:
     """A short stable hash of a config (or of the fields named in ``include``)."""
-    data = cfg.model_dump(mode="json", **include)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return hash_data(cfg.model_dump(mode="json", **include))
 
 
 def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:

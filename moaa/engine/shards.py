@@ -156,7 +156,7 @@ class _Committer:
 
 
 def run(
-    cfg: stage.StageConfig,
+    work: stage.Work,
     shards: list[Shard],
     *,
     load: Loader,
@@ -168,12 +168,10 @@ def run(
     """Open the stage's manifest and process every shard not yet committed; returns the manifest and the
     names committed by this call. ``pools``: engines the caller started and keeps (keyed by
     ``engine_key``); by default they are started and stopped here."""
+    cfg, out = work.cfg, work.out
     check_sources(model_settings(cfg))  # before the output folder, Ray or any engine
     check_local(models)
-    out = cfg.out_dir()
-    manifest = manifests.start_manifest(
-        out, cfg.stage, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json")
-    )
+    manifest = work.open_manifest()
     todo = [s for s in shards if not is_committed(out, manifest, s.name)]
     committer = _Committer(out, manifest, todo, commit)
     for s in [s for s in todo if s.rows == 0]:  # nothing to send: commit the empty shard now

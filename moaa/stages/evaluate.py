@@ -41,7 +41,6 @@ import posixpath
 import re
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from functools import partial
 from typing import Any, ClassVar
@@ -53,14 +52,14 @@ from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
 from moaa.benchmarks.files import DEFAULT_DIR, SAMPLE_DIR, fetch_command
 from moaa.core import layout, schemas, stage, storage
 from moaa.core.config import Config, InputPath, UserError
-from moaa.core.stage import Price, StageConfig, Summary
+from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work
 from moaa.embedded import is_embedded, smollm
 from moaa.engine import shards
 from moaa.engine.settings import Completion, ModelConfig, SamplingConfig
 from moaa.engine.vllm import EnginePool
 from moaa.judging import prompts
 
-STAGE = "evaluate"
+NAME = "evaluate"
 BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
 Messages = list[dict[str, str]]
 Key = tuple[int, int]  # (turn, game) of one judgment; game 0 where a benchmark has one game per turn
@@ -220,7 +219,7 @@ class EvaluateConfig(StageConfig):
         default_factory=dict, description="Optional USD prices per model display name, for the cost column."
     )
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
     @field_validator("models")
     @classmethod
@@ -250,10 +249,10 @@ class EvaluateConfig(StageConfig):
         """The models to evaluate, ``run:`` references resolved (display name e.g. ``train_dpo-r1``)."""
         return [layout.resolve_engine(m, self.runs_dir, self.run_id, self.round) for m in self.models]
 
-    def all_models(self) -> list[ModelConfig]:
+    def engine_models(self) -> list[ModelConfig]:
         return [*self.answer_models(), *self.judge.models()]
 
-    def fingerprint(self) -> str:
+    def fingerprint_data(self) -> Any:
         judge_prompts = [
             alpaca_eval.ALPACA_EVAL_CLF,
             arena_hard.ARENA_HARD_SYSTEM,
@@ -272,7 +271,7 @@ class EvaluateConfig(StageConfig):
             "rows_per_shard": self.rows_per_shard,
             "prompts": hashlib.sha256("".join(judge_prompts).encode()).hexdigest(),
         }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
 
 # ------------------------------------------------------------------------------------ benchmark items
@@ -1159,59 +1158,6 @@ def _read_committed(out: str, manifest: dict[str, Any], folder: str) -> list[dic
     return [r for f in files for r in storage.read_parquet(storage.join(out, f)).to_pylist()]
 
 
-def run(cfg: EvaluateConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
-    """Answer and judge every benchmark slice for every model (resumable shard by shard), then score them
-    into one results table."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    t0 = time.time()
-    out = cfg.out_dir()
-    planned = plan(cfg)  # benchmark files are checked before the output folder is touched
-    benches = cfg.benchmarks()
-    manifest, committed = shards.run(
-        cfg,
-        planned,
-        load=load_items,
-        pipeline=partial(build_pipeline, cfg=cfg, benches=benches),
-        commit=partial(commit, final_role=cfg.judge.final_role(), provenance=stage.provenance(cfg)),
-        models=cfg.all_models(),
-        pools=pools,
-    )
-    answers = _read_committed(out, manifest, "answers")
-    judgments = _read_committed(out, manifest, "judgments")
-    rows = results_rows(cfg, answers, judgments)
-    results = {
-        "results": storage.join(out, "results.parquet"),
-        "results_json": storage.join(out, "results.json"),
-    }
-    storage.write_parquet(
-        schemas.to_table([{**r, **stage.provenance(cfg)} for r in rows], "eval_results"), results["results"]
-    )
-    storage.write_json(results["results_json"], rows)
-    tot = shards.totals(manifest)
-    result = stage.summary(
-        cfg,
-        rows=tot["rows"],
-        errors=tot["errors"],
-        wall_s=time.time() - t0,
-        outputs={
-            "answers": storage.join(out, "answers"),
-            "judgments": storage.join(out, "judgments"),
-            **results,
-        },
-        tokens=tot["tokens"],
-        prices=cfg.prices,
-        metrics={
-            **shards.progress(manifest, committed),
-            "judge_errors": tot.get("judge_errors", 0),
-            "judge": cfg.judge.describe(),
-            "caveat": judge_caveat(cfg),
-            "results": [{k: v for k, v in r.items() if k != "details"} for r in rows],
-        },
-    )
-    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
-
-
 COLUMNS = [
     ("model", "{}"),
     ("benchmark", "{}"),
@@ -1233,14 +1179,102 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *body])
 
 
-def one_line(s: Summary) -> str:
-    m = s.metrics
-    lines = [
-        f"{STAGE}: {s.rows} questions ({s.errors} answer errors, {m['judge_errors']} judge errors) in "
-        f"{m['shards']} shards ({m['shards'] - m['shards_this_run']} already done), judge {m['judge']}, "
-        f"{s.wall_s} s, ${s.usd:.2f} -> {s.outputs['results']}",
-        table(m["results"]),
-    ]
-    if m.get("caveat"):
-        lines.append(f"note: {m['caveat']}")
-    return "\n".join(lines)
+class EvaluateMetrics(ShardMetrics):
+    judge_errors: int = Field(0, description="Judge calls that failed (their items count as unjudged).")
+    judge: str | None = Field(None, description="The judge, in words.")
+    caveat: str | None = Field(
+        None, description="Why the scores may not mean quality (a tiny or chance judge)."
+    )
+    results: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="One row per model and benchmark: the columns of schemas/eval_results.json but details.",
+    )
+
+
+class Evaluate(Stage[EvaluateConfig, EvaluateMetrics]):
+    name = NAME
+    config = EvaluateConfig
+    metrics = EvaluateMetrics
+
+    def preflight(self, cfg: EvaluateConfig) -> None:
+        benchmark_items(cfg)  # the benchmark files: missing ones named with the command that fetches them
+
+    def work(self, work: Work, pools: dict[str, EnginePool] | None = None) -> Outcome:
+        """Answer and judge every benchmark slice for every model (resumable shard by shard), then score them
+        into one results table."""
+        cfg, out = work.cfg, work.out
+        assert isinstance(cfg, EvaluateConfig)
+        planned = plan(cfg)  # benchmark files are checked before the output folder is touched
+        benches = cfg.benchmarks()
+        manifest, committed = shards.run(
+            work,
+            planned,
+            load=load_items,
+            pipeline=partial(build_pipeline, cfg=cfg, benches=benches),
+            commit=partial(commit, final_role=cfg.judge.final_role(), provenance=work.provenance()),
+            models=cfg.engine_models(),
+            pools=pools,
+        )
+        answers = _read_committed(out, manifest, "answers")
+        judgments = _read_committed(out, manifest, "judgments")
+        rows = results_rows(cfg, answers, judgments)
+        results = {
+            "results": storage.join(out, "results.parquet"),
+            "results_json": storage.join(out, "results.json"),
+        }
+        storage.write_parquet(
+            schemas.to_table([{**r, **work.provenance()} for r in rows], "eval_results"), results["results"]
+        )
+        storage.write_json(results["results_json"], rows)
+        tot = shards.totals(manifest)
+        return Outcome(
+            manifest,
+            rows=tot["rows"],
+            errors=tot["errors"],
+            outputs={
+                "answers": storage.join(out, "answers"),
+                "judgments": storage.join(out, "judgments"),
+                **results,
+            },
+            tokens=tot["tokens"],
+            prices=cfg.prices,
+            metrics=EvaluateMetrics(
+                **shards.progress(manifest, committed),
+                judge_errors=tot.get("judge_errors", 0),
+                judge=cfg.judge.describe(),
+                caveat=judge_caveat(cfg),
+                results=[{k: v for k, v in r.items() if k != "details"} for r in rows],
+            ),
+        )
+
+    def one_line(self, s: Summary) -> str:
+        m = self.read(s)
+        lines = [
+            f"{NAME}: {s.rows} questions ({s.errors} answer errors, {m.judge_errors} judge errors) in "
+            f"{m.shards} shards ({m.shards - m.shards_this_run} already done), judge {m.judge}, "
+            f"{s.wall_s} s, ${s.usd:.2f} -> {s.outputs['results']}",
+            table(m.results),
+        ]
+        if m.caveat:
+            lines.append(f"note: {m.caveat}")
+        return "\n".join(lines)
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        parts = []
+        if m.results:
+            models = sorted({str(r.get("model")) for r in m.results})
+            parts.append(f"{len(m.results)} results ({len(models)} models)")
+        if m.judge is not None:
+            parts.append(f"judge {m.judge}")
+        return ", ".join(parts)
+
+    def brief(self, s: Summary) -> dict[str, Any]:
+        m = self.read(s)
+        keep = ("model", "benchmark", "score", "lower", "upper", "judged", "parse_rate")
+        return {"results": [{k: r[k] for k in keep} for r in m.results], "caveat": m.caveat}
+
+
+STAGE = Evaluate()
+run = STAGE.run
+one_line = STAGE.one_line

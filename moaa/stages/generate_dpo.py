@@ -19,10 +19,7 @@ Steps: [policy_samples: policy (n samples, one request)] -> the judge pipeline o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
-import time
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -31,7 +28,7 @@ from pydantic import Field, model_validator
 
 from moaa.core import layout, manifests, schemas, stage, storage
 from moaa.core.config import InputPath
-from moaa.core.stage import Price, StageConfig, Summary
+from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work, num
 from moaa.embedded import smollm
 from moaa.engine import shards
 from moaa.engine.settings import ModelConfig
@@ -39,7 +36,7 @@ from moaa.engine.vllm import EnginePool
 from moaa.judging import judge
 from moaa.judging.judge import JudgeConfig
 
-STAGE = "generate_dpo"
+NAME = "generate_dpo"
 SFT_STAGE = "generate_sft"
 
 
@@ -88,7 +85,7 @@ class GenerateDPOConfig(StageConfig):
         default_factory=dict, description="Optional USD prices per model display name, for the cost estimate."
     )
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
     @model_validator(mode="after")
     def _check(self) -> GenerateDPOConfig:
@@ -118,12 +115,12 @@ class GenerateDPOConfig(StageConfig):
         update = {"judges": [resolve(m) for m in self.judge.judges], "aggregator": agg and resolve(agg)}
         return self.judge.model_copy(update=update)
 
-    def models(self) -> list[ModelConfig]:
+    def engine_models(self) -> list[ModelConfig]:
         if self.pairs == "moa_sft":
             return self.judge_config().models()
         return [self.policy_model(), *self.judge_config().models()]
 
-    def fingerprint(self) -> str:
+    def fingerprint_data(self) -> Any:
         """Hash of what decides the rows (strategy, models, sampling, n, judge, prompts, input, limit), not
         of resources or batch sizes: a rerun on a bigger cluster still resumes."""
         if self.pairs == "moa_sft":
@@ -133,7 +130,7 @@ class GenerateDPOConfig(StageConfig):
             # Without a "pairs" key: folders written before there were strategies keep their hash and resume.
             data = {"policy": self.policy_model().output_settings(), "n": self.n}
         data.update(judge=self.judge_config().fingerprint_data(), input=self.in_dir(), limit=self.limit)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -368,90 +365,139 @@ def plan_sft(cfg: GenerateDPOConfig) -> list[shards.Shard]:
     return planned
 
 
-def run(cfg: GenerateDPOConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
-    """Preference pairs for every input shard not yet done. ``pools``: engines the caller started and
-    keeps (keyed by ``engine.engine_key``), e.g. a benchmark running several judge modes on the same
-    engines; by default the job starts its own."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    t0 = time.time()
-    out = cfg.out_dir()
-    planned, multi_turn = plan(cfg)  # inputs are checked before the output folder is touched
-    moa_sft = cfg.pairs == "moa_sft"
-    # moa_sft's candidates come from several generate_sft models, no policy: policy_model stays null.
-    policy_name = None if moa_sft else cfg.policy_model().display_name
-    manifest, committed = shards.run(
-        cfg,
-        planned,
-        load=load_sft if moa_sft else load_prompts,
-        pipeline=partial(build_pipeline, cfg=cfg),
-        commit=partial(commit, cfg=cfg, provenance=stage.provenance(cfg, policy_model=policy_name)),
-        models=cfg.models(),
-        pools=pools,
-    )
-    wall = time.time() - t0
-    tot = shards.totals(manifest)
-    new_pairs = shards.totals(manifest, committed)["pairs"]
-    result = stage.summary(
-        cfg,
-        rows=tot["rows"],
-        errors=tot["errors"],
-        wall_s=wall,
-        outputs={"data": storage.join(out, "data")},
-        tokens=tot["tokens"],
-        prices=cfg.prices,
-        metrics={
-            "pairs_strategy": cfg.pairs,
-            "judge_mode": cfg.judge.mode,
-            "n": None if moa_sft else cfg.n,
-            **shards.progress(manifest, committed),
-            "multi_turn_skipped": multi_turn,
-            "pairs": tot["pairs"],
-            "ties": tot["ties"],
-            "identical": tot["identical"],
-            "verdict_parse_rate": _ratio(tot["verdicts_parsed"], tot["verdicts"]),
-            "position_consistency": _ratio(tot["position_consistent"], tot["position_pairs"]),
-            "position_flip_rate": _ratio(tot["position_flips"], tot["position_pairs"]),
-            "mean_score_margin": _ratio(tot["margin_sum"], tot["pairs"]),
-            "judge_tokens": tot["judge_tokens"],
-            "judge_tokens_per_pair": _ratio(tot["judge_tokens"], tot["pairs"], 1),
-            "pairs_per_min": round(new_pairs / wall * 60, 2) if committed and wall > 0 else None,
-            # moa_sft: the share of judged rows whose aggregated answer the judge ranked above every
-            # proposal (a sanity number: MoA should usually win); null for policy_samples.
-            "aggregate_top_rate": _ratio(tot["candidate0_top"], tot["judged"]) if moa_sft else None,
-        },
-    )
-    why = (
-        f"no pairs: {tot['ties']} of {result.rows} prompts tie, {tot['identical']} have identical "
-        f"candidates, {result.errors} failed; the judge could not tell the candidates apart (position "
-        f"consistency {result.metrics['position_consistency']}: a judge that always picks one position "
-        "scores every candidate the same; sample the judges, or use a stronger judge)"
-    )
-    if moa_sft:
-        why = (
-            f"no pairs: on {tot['ties']} of {result.rows} rows the aggregated answer did not score above the "
-            f"worst proposal, {tot['identical']} have identical candidates, {result.errors} failed "
-            f"(position consistency {result.metrics['position_consistency']}; aggregated answer on top "
-            f"{result.metrics['aggregate_top_rate']}); check the judge with judge_eval, or use "
-            "pairs=policy_samples"
-        )
-    return stage.complete(cfg, manifest, result, usable=tot["pairs"], why=why)
-
-
 def _ratio(a: float, b: float, digits: int = 4) -> float | None:
     return round(a / b, digits) if b else None
 
 
-def one_line(s: Summary) -> str:
-    m = s.metrics
-    # A summary stored before there were strategies has no pairs_strategy: it is policy_samples.
-    strategy = m.get("pairs_strategy", "policy_samples")
-    top = f"aggregated answer on top {m['aggregate_top_rate']}, " if strategy == "moa_sft" else ""
-    return (
-        f"{STAGE} [{strategy}, {m['judge_mode']}]: {m['pairs']} pairs from {s.rows} prompts "
-        f"({m['ties']} tie, {m['identical']} identical, {s.errors} errors) in "
-        f"{m['shards']} shards ({m['shards'] - m['shards_this_run']} already done); verdicts parsed "
-        f"{m['verdict_parse_rate']}, position consistency {m['position_consistency']}, "
-        f"{m['judge_tokens_per_pair']} judge tokens/pair, {m['pairs_per_min']} pairs/min, "
-        f"{top}{s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
+class GenerateDPOMetrics(ShardMetrics):
+    pairs_strategy: str = Field(
+        "policy_samples",
+        description="Where the candidates came from (a summary from before strategies: policy).",
     )
+    judge_mode: str | None = Field(None, description="How the candidates were judged (judge.mode).")
+    n: int | None = Field(None, description="Samples per prompt (null for moa_sft).")
+    multi_turn_skipped: int = Field(0, description="Multi-turn prompts left out (pairs are single-turn).")
+    pairs: int | None = Field(None, description="Prompts with a chosen and a rejected answer.")
+    ties: int | None = Field(None, description="Prompts whose best and worst candidates scored the same.")
+    identical: int = Field(0, description="Prompts whose candidates were all the same text.")
+    verdict_parse_rate: float | None = Field(None, description="Judge verdicts that parsed.")
+    position_consistency: float | None = Field(
+        None, description="Candidate pairs judged the same way in both orders."
+    )
+    position_flip_rate: float | None = Field(
+        None, description="Candidate pairs whose verdict followed the position, not the answer."
+    )
+    mean_score_margin: float | None = Field(None, description="Mean score of chosen minus rejected.")
+    judge_tokens: int = Field(0, description="Judge tokens (prompt and completion) over all of the work.")
+    judge_tokens_per_pair: float | None = Field(None, description="Judge tokens per pair.")
+    pairs_per_min: float | None = Field(None, description="Pairs per minute in the call that finished.")
+    # moa_sft: the share of judged rows whose aggregated answer the judge ranked above every proposal (a
+    # sanity number: MoA should usually win); null for policy_samples.
+    aggregate_top_rate: float | None = Field(
+        None, description="moa_sft: judged rows whose aggregated answer ranked above every proposal."
+    )
+
+
+class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
+    name = NAME
+    config = GenerateDPOConfig
+    metrics = GenerateDPOMetrics
+
+    def work(self, work: Work, pools: dict[str, EnginePool] | None = None) -> Outcome:
+        """Preference pairs for every input shard not yet done."""
+        cfg = work.cfg
+        assert isinstance(cfg, GenerateDPOConfig)
+        planned, multi_turn = plan(cfg)  # inputs are checked before the output folder is touched
+        moa_sft = cfg.pairs == "moa_sft"
+        # moa_sft's candidates come from several generate_sft models, no policy: policy_model stays null.
+        policy_name = None if moa_sft else cfg.policy_model().display_name
+        manifest, committed = shards.run(
+            work,
+            planned,
+            load=load_sft if moa_sft else load_prompts,
+            pipeline=partial(build_pipeline, cfg=cfg),
+            commit=partial(commit, cfg=cfg, provenance=work.provenance(policy_model=policy_name)),
+            models=cfg.engine_models(),
+            pools=pools,
+        )
+        wall = work.wall_s()
+        tot = shards.totals(manifest)
+        new_pairs = shards.totals(manifest, committed)["pairs"]
+        m = GenerateDPOMetrics(
+            pairs_strategy=cfg.pairs,
+            judge_mode=cfg.judge.mode,
+            n=None if moa_sft else cfg.n,
+            **shards.progress(manifest, committed),
+            multi_turn_skipped=multi_turn,
+            pairs=tot["pairs"],
+            ties=tot["ties"],
+            identical=tot["identical"],
+            verdict_parse_rate=_ratio(tot["verdicts_parsed"], tot["verdicts"]),
+            position_consistency=_ratio(tot["position_consistent"], tot["position_pairs"]),
+            position_flip_rate=_ratio(tot["position_flips"], tot["position_pairs"]),
+            mean_score_margin=_ratio(tot["margin_sum"], tot["pairs"]),
+            judge_tokens=tot["judge_tokens"],
+            judge_tokens_per_pair=_ratio(tot["judge_tokens"], tot["pairs"], 1),
+            pairs_per_min=round(new_pairs / wall * 60, 2) if committed and wall > 0 else None,
+            aggregate_top_rate=_ratio(tot["candidate0_top"], tot["judged"]) if moa_sft else None,
+        )
+        rows = tot["rows"]
+        why = (
+            f"no pairs: {tot['ties']} of {rows} prompts tie, {tot['identical']} have identical "
+            f"candidates, {tot['errors']} failed; the judge could not tell the candidates apart (position "
+            f"consistency {m.position_consistency}: a judge that always picks one position "
+            "scores every candidate the same; sample the judges, or use a stronger judge)"
+        )
+        if moa_sft:
+            why = (
+                f"no pairs: on {tot['ties']} of {rows} rows the aggregated answer did not score above the "
+                f"worst proposal, {tot['identical']} have identical candidates, {tot['errors']} failed "
+                f"(position consistency {m.position_consistency}; aggregated answer on top "
+                f"{m.aggregate_top_rate}); check the judge with judge_eval, or use pairs=policy_samples"
+            )
+        return Outcome(
+            manifest,
+            rows=rows,
+            errors=tot["errors"],
+            outputs={"data": storage.join(work.out, "data")},
+            tokens=tot["tokens"],
+            prices=cfg.prices,
+            metrics=m,
+            usable=tot["pairs"],
+            why=why,
+        )
+
+    def one_line(self, s: Summary) -> str:
+        m = self.read(s)
+        top = f"aggregated answer on top {m.aggregate_top_rate}, " if m.pairs_strategy == "moa_sft" else ""
+        return (
+            f"{NAME} [{m.pairs_strategy}, {m.judge_mode}]: {m.pairs} pairs from {s.rows} prompts "
+            f"({m.ties} tie, {m.identical} identical, {s.errors} errors) in "
+            f"{m.shards} shards ({m.shards - m.shards_this_run} already done); verdicts parsed "
+            f"{m.verdict_parse_rate}, position consistency {m.position_consistency}, "
+            f"{m.judge_tokens_per_pair} judge tokens/pair, {m.pairs_per_min} pairs/min, "
+            f"{top}{s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
+        )
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        parts = []
+        if m.pairs is not None and m.ties is not None:
+            parts.append(f"{num(m.pairs)} pairs, {num(m.ties)} ties from {num(s.rows)} prompts")
+        if m.judge_mode is not None:
+            parts.append(f"judge mode {m.judge_mode}" + (f", n={m.n}" if m.n is not None else ""))
+        return ", ".join(parts)
+
+    def brief(self, s: Summary) -> dict[str, Any]:
+        m = self.read(s)
+        return {
+            "pairs_strategy": m.pairs_strategy,
+            "pairs": m.pairs,
+            "ties": m.ties,
+            "position_consistency": m.position_consistency,
+        }
+
+
+STAGE = GenerateDPO()
+run = STAGE.run
+one_line = STAGE.one_line

@@ -14,9 +14,7 @@ engine settings share one engine whatever their role; turn t of a multi-turn cha
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
-import time
 from functools import partial
 from typing import Any, ClassVar
 
@@ -25,14 +23,14 @@ from pydantic import Field, field_validator
 
 from moaa.core import layout, manifests, schemas, stage, storage
 from moaa.core.config import InputPath
-from moaa.core.stage import Price, StageConfig, Summary
+from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work, num
 from moaa.embedded import smollm
 from moaa.engine import shards
 from moaa.engine.settings import ModelConfig
 from moaa.engine.vllm import EnginePool
 from moaa.judging import moa, prompts
 
-STAGE = "generate_sft"
+NAME = "generate_sft"
 
 
 class GenerateSFTConfig(StageConfig):
@@ -62,7 +60,7 @@ class GenerateSFTConfig(StageConfig):
         False, description="Store the exact messages sent with every proposal (audits; much larger output)."
     )
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
     @field_validator("layers")
     @classmethod
@@ -91,10 +89,10 @@ class GenerateSFTConfig(StageConfig):
     def aggregator_model(self) -> ModelConfig:
         return layout.resolve_engine(self.aggregator, self.runs_dir, self.run_id, self.round)
 
-    def models(self) -> list[ModelConfig]:
+    def engine_models(self) -> list[ModelConfig]:
         return [*self.proposer_models(), self.aggregator_model()]
 
-    def fingerprint(self) -> str:
+    def fingerprint_data(self) -> Any:
         """Hash of what decides the rows' content (models, sampling, layers, prompt, input), not of
         resources or batch sizes: a rerun on a bigger cluster still resumes."""
         data = {
@@ -105,7 +103,7 @@ class GenerateSFTConfig(StageConfig):
             "prompt": hashlib.sha256(prompts.AGGREGATE_AND_SYNTHESIZE.encode()).hexdigest(),
             "input": self.in_dir(),
         }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -186,51 +184,70 @@ def plan(cfg: GenerateSFTConfig) -> list[shards.Shard]:
     return planned
 
 
-def run(cfg: GenerateSFTConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
-    """Generate MoA-SFT data for every prompts shard not yet done. ``pools``: engines the caller started
-    and keeps (keyed by ``engine.engine_key``), e.g. a benchmark; by default the job starts its own."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    t0 = time.time()
-    out = cfg.out_dir()
-    planned = plan(cfg)  # inputs are checked before the output folder is touched
-    manifest, committed = shards.run(
-        cfg,
-        planned,
-        load=load_prompts,
-        pipeline=partial(build_turn_pipeline, cfg=cfg),
-        commit=partial(
-            commit, provenance=stage.provenance(cfg, aggregator_model=cfg.aggregator_model().display_name)
-        ),
-        models=cfg.models(),
-        pools=pools,
+class GenerateSFTMetrics(ShardMetrics):
+    completion_tokens: int | None = Field(None, description="Tokens generated over all of the stage's work.")
+    completion_tokens_per_s: float | None = Field(
+        None, description="Tokens generated per second by the call that finished the stage (null: none)."
     )
-    wall = time.time() - t0
-    total, new = shards.totals(manifest), shards.totals(manifest, committed)
-    new_completion = sum(t["completion_tokens"] for t in new["tokens"].values())
-    result = stage.summary(
-        cfg,
-        rows=total["rows"],
-        errors=total["errors"],
-        wall_s=wall,
-        outputs={"data": storage.join(out, "data")},
-        tokens=total["tokens"],
-        prices=cfg.prices,
-        metrics={
-            **shards.progress(manifest, committed),
-            "completion_tokens": sum(t["completion_tokens"] for t in total["tokens"].values()),
-            "completion_tokens_per_s": round(new_completion / wall, 1) if committed else None,
-        },
-    )
-    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
 
 
-def one_line(s: Summary) -> str:
-    m = s.metrics
-    tps = m["completion_tokens_per_s"]
-    return (
-        f"{STAGE}: {s.rows} rows ({s.errors} errors) in {m['shards']} shards "
-        f"({m['shards'] - m['shards_this_run']} already done), {m['completion_tokens']} completion tokens"
-        + (f", {tps} tok/s" if tps else "")
-        + f", {s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
-    )
+class GenerateSFT(Stage[GenerateSFTConfig, GenerateSFTMetrics]):
+    name = NAME
+    config = GenerateSFTConfig
+    metrics = GenerateSFTMetrics
+
+    def work(self, work: Work, pools: dict[str, EnginePool] | None = None) -> Outcome:
+        """Generate MoA-SFT data for every prompts shard not yet done."""
+        cfg = work.cfg
+        assert isinstance(cfg, GenerateSFTConfig)
+        planned = plan(cfg)  # inputs are checked before the output folder is touched
+        provenance = work.provenance(aggregator_model=cfg.aggregator_model().display_name)
+        manifest, committed = shards.run(
+            work,
+            planned,
+            load=load_prompts,
+            pipeline=partial(build_turn_pipeline, cfg=cfg),
+            commit=partial(commit, provenance=provenance),
+            models=cfg.engine_models(),
+            pools=pools,
+        )
+        wall = work.wall_s()
+        total, new = shards.totals(manifest), shards.totals(manifest, committed)
+        new_completion = sum(t["completion_tokens"] for t in new["tokens"].values())
+        return Outcome(
+            manifest,
+            rows=total["rows"],
+            errors=total["errors"],
+            outputs={"data": storage.join(work.out, "data")},
+            tokens=total["tokens"],
+            prices=cfg.prices,
+            metrics=GenerateSFTMetrics(
+                **shards.progress(manifest, committed),
+                completion_tokens=sum(t["completion_tokens"] for t in total["tokens"].values()),
+                completion_tokens_per_s=round(new_completion / wall, 1) if committed else None,
+            ),
+        )
+
+    def one_line(self, s: Summary) -> str:
+        m = self.read(s)
+        tps = m.completion_tokens_per_s
+        return (
+            f"{NAME}: {s.rows} rows ({s.errors} errors) in {m.shards} shards "
+            f"({m.shards - m.shards_this_run} already done), {m.completion_tokens} completion tokens"
+            + (f", {tps} tok/s" if tps else "")
+            + f", {s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
+        )
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        if m.completion_tokens is None:
+            return ""
+        speed = (
+            f" at {num(m.completion_tokens_per_s, 1)} tok/s" if m.completion_tokens_per_s is not None else ""
+        )
+        return f"{num(m.completion_tokens)} completion tokens{speed}"
+
+
+STAGE = GenerateSFT()
+run = STAGE.run
+one_line = STAGE.one_line

@@ -18,23 +18,21 @@ Readers (``format``): ``ultrafeedback`` (UltraFeedback's own layout: ``instructi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from functools import partial
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from moaa.core import schemas, stage, storage
-from moaa.core.config import InputPath, UserError
-from moaa.core.stage import StageConfig, Summary
+from moaa.core.config import Config, InputPath, UserError
+from moaa.core.stage import Outcome, ShardMetrics, Stage, StageConfig, Summary, Work, num
 from moaa.engine import shards
 from moaa.engine.vllm import EnginePool
 from moaa.judging import judge
 from moaa.judging.judge import JudgeConfig
 
-STAGE = "judge_eval"
+NAME = "judge_eval"
 Mode = Literal["moa", "jury", "single"]
 
 
@@ -58,7 +56,7 @@ class JudgeEvalConfig(StageConfig):
     )
     rows_per_shard: int = Field(64, ge=1, description="Labeled pairs per output shard (the unit of resume).")
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
     @model_validator(mode="after")
     def _check(self) -> JudgeEvalConfig:
@@ -73,7 +71,10 @@ class JudgeEvalConfig(StageConfig):
         mode = next(m for m in ("moa", "jury", "single") if m in self.modes)
         return self.judge.model_copy(update={"mode": mode})
 
-    def fingerprint(self) -> str:
+    def engine_models(self) -> list[Any]:
+        return self.pass_judge().models()
+
+    def fingerprint_data(self) -> Any:
         data = {
             "data": self.data,
             "format": self.format,
@@ -83,7 +84,7 @@ class JudgeEvalConfig(StageConfig):
             "vote": self.judge.vote,
             "rows_per_shard": self.rows_per_shard,
         }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -281,58 +282,89 @@ def plan(cfg: JudgeEvalConfig) -> tuple[list[shards.Shard], int]:
     return planned, skipped
 
 
-def run(cfg: JudgeEvalConfig, pools: dict[str, EnginePool] | None = None) -> Summary:
-    """Judge every labeled pair once (the largest requested mode), score every mode from that one pass,
-    write the rows per mode (``<out>/<mode>/*.parquet``, schema ``preference``); the per-mode table is the
-    summary's ``metrics.modes``."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    t0 = time.time()
-    out = cfg.out_dir()
-    planned, skipped = plan(cfg)  # the labeled file is checked before the output folder is touched
-    jc = cfg.pass_judge()
-    manifest, committed = shards.run(
-        cfg,
-        planned,
-        load=load_pairs,
-        pipeline=lambda ds, turn, pools: judge.build_judge_pipeline(ds, jc, pools),
-        commit=partial(commit, cfg=cfg, provenance=stage.provenance(cfg, policy_model=None)),
-        models=jc.models(),
-        pools=pools,
-    )
-    names = cfg.judge.judge_names()
-    report = {}
-    for mode in cfg.modes:
-        rows = [
-            r
-            for f in storage.list_files(storage.join(out, mode), ".parquet")
-            for r in storage.read_parquet(f).to_pylist()
-        ]
-        report[mode] = metrics(rows, names)
-    tot = shards.totals(manifest)
-    result = stage.summary(
-        cfg,
-        rows=tot["rows"],
-        errors=tot["errors"],
-        wall_s=time.time() - t0,
-        outputs={mode: storage.join(out, mode) for mode in cfg.modes},
-        tokens=tot["tokens"],
-        metrics={
-            "data": cfg.data,
-            "skipped_unlabeled": skipped,
-            "judged_as": jc.mode,
-            **shards.progress(manifest, committed),
-            "modes": report,
-        },
-    )
-    return stage.complete(cfg, manifest, result, usable=result.rows - result.errors)
+class ModeNumbers(Config):
+    """One judge mode's agreement with the labels (``metrics``)."""
+
+    pairs: int = Field(0, description="Pairs judged without error.")
+    errors: int = Field(0, description="Pairs whose judging failed.")
+    accuracy: float | None = Field(None, description="Share where the labeled answer scored higher.")
+    accuracy_ties_half: float | None = Field(None, description="Accuracy with ties counted as half.")
+    wrong: float | None = Field(None, description="Share where the other answer scored higher.")
+    ties: float | None = Field(None, description="Share scored the same.")
+    position_consistency: float | None = Field(None, description="Same verdict in both orders.")
+    position_flip_rate: float | None = Field(None, description="Verdict followed the position.")
+    verdict_parse_rate: float | None = Field(None, description="Decisive verdicts that parsed.")
+    judge_tokens_per_decision: float | None = Field(None, description="Judge tokens per pair.")
 
 
-def one_line(s: Summary) -> str:
-    """The summary line, then the per-mode table."""
-    m = s.metrics
-    return (
-        f"{STAGE}: {s.rows} labeled pairs from {m['data']} ({m['skipped_unlabeled']} without a label "
-        f"skipped), judged as {m['judged_as']} in {s.wall_s} s -> {', '.join(s.outputs.values())}\n"
-        + table(m["modes"])
-    )
+class JudgeEvalMetrics(ShardMetrics):
+    data: str | None = Field(None, description="The labeled file.")
+    skipped_unlabeled: int = Field(0, description="Rows without a label, left out.")
+    judged_as: str | None = Field(None, description="The one mode every pair was judged as.")
+    modes: dict[str, ModeNumbers] = Field(default_factory=dict, description="Numbers per requested mode.")
+
+
+class JudgeEval(Stage[JudgeEvalConfig, JudgeEvalMetrics]):
+    name = NAME
+    config = JudgeEvalConfig
+    metrics = JudgeEvalMetrics
+
+    def work(self, work: Work, pools: dict[str, EnginePool] | None = None) -> Outcome:
+        """Judge every labeled pair once (the largest requested mode), score every mode from that one pass,
+        write the rows per mode (``<out>/<mode>/*.parquet``, schema ``preference``); the per-mode table is
+        the summary's ``metrics.modes``."""
+        cfg, out = work.cfg, work.out
+        assert isinstance(cfg, JudgeEvalConfig)
+        planned, skipped = plan(cfg)  # the labeled file is checked before the output folder is touched
+        jc = cfg.pass_judge()
+        manifest, committed = shards.run(
+            work,
+            planned,
+            load=load_pairs,
+            pipeline=lambda ds, turn, pools: judge.build_judge_pipeline(ds, jc, pools),
+            commit=partial(commit, cfg=cfg, provenance=work.provenance(policy_model=None)),
+            models=cfg.engine_models(),
+            pools=pools,
+        )
+        names = cfg.judge.judge_names()
+        report = {}
+        for mode in cfg.modes:
+            rows = [
+                r
+                for f in storage.list_files(storage.join(out, mode), ".parquet")
+                for r in storage.read_parquet(f).to_pylist()
+            ]
+            report[mode] = ModeNumbers(**metrics(rows, names))
+        tot = shards.totals(manifest)
+        return Outcome(
+            manifest,
+            rows=tot["rows"],
+            errors=tot["errors"],
+            outputs={mode: storage.join(out, mode) for mode in cfg.modes},
+            tokens=tot["tokens"],
+            metrics=JudgeEvalMetrics(
+                data=cfg.data,
+                skipped_unlabeled=skipped,
+                judged_as=jc.mode,
+                **shards.progress(manifest, committed),
+                modes=report,
+            ),
+        )
+
+    def one_line(self, s: Summary) -> str:
+        """The summary line, then the per-mode table."""
+        m = self.read(s)
+        return (
+            f"{NAME}: {s.rows} labeled pairs from {m.data} ({m.skipped_unlabeled} without a label "
+            f"skipped), judged as {m.judged_as} in {s.wall_s} s -> {', '.join(s.outputs.values())}\n"
+            + table({k: v.model_dump() for k, v in m.modes.items()})
+        )
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        return f"modes {', '.join(m.modes)} on {num(s.rows)} labeled pairs" if m.modes else ""
+
+
+STAGE = JudgeEval()
+run = STAGE.run
+one_line = STAGE.one_line

@@ -22,8 +22,6 @@ generation stages when their settings allow, and stopped before training, which 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Any, ClassVar, Literal
 
@@ -31,22 +29,22 @@ from pydantic import Field, model_validator
 
 from moaa.core import layout, manifests, stage, storage
 from moaa.core.config import Config
-from moaa.core.stage import StageConfig, Summary
+from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work
 from moaa.embedded import smollm
 from moaa.engine import shards
 from moaa.engine.settings import ModelConfig, engine_key
 from moaa.engine.vllm import EnginePool, start_pools, stop_pools
-from moaa.stages import evaluate, generate_dpo, generate_sft, prepare, report, train
+from moaa.stages import evaluate, generate_dpo, generate_sft, prepare, registry, report, train
 from moaa.stages.evaluate import EvaluateConfig
 from moaa.stages.generate_dpo import GenerateDPOConfig
 from moaa.stages.generate_sft import GenerateSFTConfig
 from moaa.stages.prepare import PrepareConfig
 from moaa.stages.train import TrainDPOConfig, TrainSFTConfig
 
-STAGE = "pipeline"
+NAME = "pipeline"
 STAGES = layout.RECIPE
 RUN_FIELDS = ("run_id", "runs_dir", "round", "output_dir", "ray_address", "verbose")
-Stage = Literal[layout.RECIPE]  # type: ignore[valid-type]
+StageName = Literal[layout.RECIPE]  # type: ignore[valid-type]
 
 
 class SelfImprove(Config):
@@ -115,7 +113,7 @@ class PipelineConfig(StageConfig):
     shipped samples, sized for about 15 minutes on a 2-core laptop."""
 
     rounds: int = Field(2, ge=1, description="Self-improvement rounds (round r+1 mixes in round r's model).")
-    stages: list[Stage] = Field(
+    stages: list[StageName] = Field(
         default_factory=lambda: list(STAGES),
         description="Stages to run, in the recipe's order (drop evaluate to skip it).",
     )
@@ -134,7 +132,7 @@ class PipelineConfig(StageConfig):
     train_dpo: TrainDPOConfig = Field(default_factory=_train_dpo, description="jobs.train_dpo's config.")
     evaluate: EvaluateConfig = Field(default_factory=_evaluate, description="jobs.evaluate's config.")
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -155,7 +153,7 @@ class PipelineConfig(StageConfig):
         return self
 
     def out_dir(self) -> str:
-        return self.output_dir or storage.join(self.runs_dir, self.run_id, STAGE)
+        return self.output_dir or storage.join(self.runs_dir, self.run_id, NAME)
 
     def run_dir(self) -> str:
         return storage.join(self.runs_dir, self.run_id)
@@ -193,11 +191,11 @@ class PipelineConfig(StageConfig):
         steps = [(1, "prepare")] if "prepare" in self.stages else []
         return steps + [(r, s) for r in range(1, self.rounds + 1) for s in self.stages if s != "prepare"]
 
-    def fingerprint(self) -> str:
+    def fingerprint_data(self) -> Any:
         """The stages' own fingerprints, round by round: what decides every output."""
         data = [(r, s, self.stage_config(s, r).fingerprint()) for r, s in self.plan()]
         data.append(("self_improve", self.self_improve.model_dump()))
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
 
 def previous(engine: ModelConfig, role: ModelConfig, r: int) -> ModelConfig:
@@ -238,124 +236,140 @@ def run_stage(name: str, cfg: Any, engines: Engines) -> tuple[Summary, bool]:
     whether it had finished before)."""
     if (done := stage.finished(cfg)) is not None:
         return done, True
-    if name == "prepare":
-        return prepare.run(cfg), False
-    if name in ("train_sft", "train_dpo"):
+    impl = registry.STAGES[name]
+    if impl.releases_engines:
         engines.stop()  # training needs the CPUs/GPUs the engines hold
-        return train.run(cfg), False
-    if name == "generate_sft":
-        return generate_sft.run(cfg, pools=engines.get(cfg.models())), False
-    if name == "generate_dpo":
-        return generate_dpo.run(cfg, pools=engines.get(cfg.models())), False
-    return evaluate.run(cfg, pools=engines.get(cfg.all_models())), False
+    return impl.run(cfg, pools=engines.get(cfg.engine_models()) if cfg.engine_models() else None), False
 
 
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def run(cfg: PipelineConfig) -> Summary:
-    """Every stage of every round in order (finished ones skipped), then the report."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    t0 = time.time()
-    out = cfg.out_dir()
-    plan = cfg.plan()
-    configs = {(r, s): cfg.stage_config(s, r) for r, s in plan}  # every round's configs checked up front
-    for (_, name), c in configs.items():
-        if name == "evaluate":  # its benchmark files too, rather than after hours of generation and training
-            evaluate.benchmark_items(c)
-    before = manifests.load_manifest(out) or {}
-    manifest = manifests.start_manifest(
-        out,
-        STAGE,
-        cfg.run_id,
-        cfg.fingerprint(),
-        cfg.model_dump(mode="json"),
-        other_work=bool(before.get("stages")),
+class StageBrief(Config):
+    """One stage of one round as the pipeline saw it: the common numbers, then the stage's ``brief``."""
+
+    round: int = Field(1, description="Round.")
+    stage: str = Field("", description="Stage name.")
+    skipped: bool = Field(False, description="Finished before this call: its stored summary was used.")
+    rows: int = Field(0, description="Rows passed on.")
+    errors: int = Field(0, description="Rows that failed or were set aside.")
+    wall_s: float = Field(0.0, description="Seconds, with starting the stage's engines.")
+    usd: float = Field(0.0, description="Cost estimate.")
+    pairs_strategy: str | None = Field(None, description="generate_dpo: where candidates came from.")
+    pairs: int | None = Field(None, description="generate_dpo: pairs.")
+    ties: int | None = Field(None, description="generate_dpo: ties.")
+    position_consistency: float | None = Field(None, description="generate_dpo: position consistency.")
+    results: list[dict[str, Any]] | None = Field(None, description="evaluate: score rows.")
+    caveat: str | None = Field(None, description="evaluate: why the scores may not mean quality.")
+
+
+class PipelineMetrics(StageMetrics):
+    stages: list[StageBrief] = Field(
+        default_factory=list, description="Every stage of every round, in order."
     )
-    manifest.setdefault("stages", {})
-    shards.init_ray(cfg.ray_address)
-    engines = Engines()
-    done: list[dict[str, Any]] = []
-    try:
-        for r, name in plan:
-            key = f"round-{r}/{name}"
-            print(f"[pipeline] round {r}/{cfg.rounds}: {name}", flush=True)
-            t = time.time()
-            summary, skipped = run_stage(name, configs[(r, name)], engines)
-            manifest["stages"][key] = {
-                "summary": summary.model_dump(mode="json"),
-                "out": configs[(r, name)].out_dir(),
+    results: list[dict[str, Any]] = Field(default_factory=list, description="Every round's evaluate rows.")
+
+
+class Pipeline(Stage[PipelineConfig, PipelineMetrics]):
+    name = NAME
+    config = PipelineConfig
+    metrics = PipelineMetrics
+
+    def work(self, work: Work, pools: Any = None) -> Outcome:
+        """Every stage of every round in order (finished ones skipped), then the report."""
+        cfg, out = work.cfg, work.out
+        assert isinstance(cfg, PipelineConfig)
+        plan = cfg.plan()
+        configs = {(r, s): cfg.stage_config(s, r) for r, s in plan}  # every round's configs checked up front
+        for (_, name), c in configs.items():
+            # e.g. evaluate's benchmark files, rather than after hours of generation and training
+            registry.STAGES[name].preflight(c)
+        before = manifests.load_manifest(out) or {}
+        manifest = work.open_manifest(other_work=bool(before.get("stages")))
+        manifest.setdefault("stages", {})
+        shards.init_ray(cfg.ray_address)
+        engines = Engines()
+        done: list[StageBrief] = []
+        try:
+            for r, name in plan:
+                key = f"round-{r}/{name}"
+                print(f"[pipeline] round {r}/{cfg.rounds}: {name}", flush=True)
+                t = time.time()
+                summary, skipped = run_stage(name, configs[(r, name)], engines)
+                manifest["stages"][key] = {
+                    "summary": summary.model_dump(mode="json"),
+                    "out": configs[(r, name)].out_dir(),
+                }
+                manifests.save_manifest(out, manifest)
+                # wall_s here includes starting the stage's engines, which a stage's own summary leaves out
+                # when the pipeline starts them
+                wall = summary.wall_s if skipped else round(time.time() - t, 2)
+                brief = registry.STAGES[name].brief(summary)
+                done.append(
+                    StageBrief(
+                        round=r,
+                        stage=name,
+                        skipped=skipped,
+                        rows=summary.rows,
+                        errors=summary.errors,
+                        usd=summary.usd,
+                        wall_s=wall,
+                        **brief,
+                    )
+                )
+                print(_stage_line(done[-1]), flush=True)
+        finally:
+            engines.stop()
+        outputs = {"run": cfg.run_dir()}
+        if cfg.report:
+            written = report.write(cfg.run_dir())
+            outputs.update(report_html=str(written["html"]), report_md=str(written["md"]))
+        tokens: dict[str, dict[str, int]] = {}
+        for key, record in manifest["stages"].items():
+            r = key.split("/")[0]
+            counts = {
+                f"{r}/{k}": {n: v for n, v in t.items() if n != "usd"}
+                for k, t in record["summary"]["tokens"].items()
             }
-            manifests.save_manifest(out, manifest)
-            # wall_s here includes starting the stage's engines, which a stage's own summary leaves out when
-            # the pipeline starts them
-            wall = summary.wall_s if skipped else round(time.time() - t, 2)
-            done.append({"round": r, "stage": name, "skipped": skipped, **_brief(summary), "wall_s": wall})
-            print(_stage_line(done[-1]), flush=True)
-    finally:
-        engines.stop()
-    outputs = {"run": cfg.run_dir()}
-    if cfg.report:
-        written = report.write(cfg.run_dir())
-        outputs.update(report_html=str(written["html"]), report_md=str(written["md"]))
-    tokens: dict[str, dict[str, int]] = {}
-    for key, record in manifest["stages"].items():
-        r = key.split("/")[0]
-        counts = {
-            f"{r}/{k}": {n: v for n, v in t.items() if n != "usd"}
-            for k, t in record["summary"]["tokens"].items()
-        }
-        stage.add_tokens(tokens, counts)
-    evaluated = [d for d in done if d["stage"] == "evaluate"]
-    result = stage.summary(
-        cfg,
-        rows=len(done),
-        errors=sum(d["errors"] for d in done),
-        wall_s=time.time() - t0,
-        outputs=outputs,
-        tokens=tokens,
-        metrics={"stages": done, "results": [x for d in evaluated for x in d["results"]]},
-    )
-    result.usd = sum(d["usd"] for d in done)
-    return stage.complete(cfg, manifest, result, usable=len(done))
+            stage.add_tokens(tokens, counts)
+        return Outcome(
+            manifest,
+            rows=len(done),
+            errors=sum(d.errors for d in done),
+            outputs=outputs,
+            tokens=tokens,
+            metrics=PipelineMetrics(stages=done, results=[x for d in done for x in d.results or []]),
+            usd=sum(d.usd for d in done),
+            usable=len(done),
+        )
+
+    def one_line(self, s: Summary, stages: bool = True) -> str:
+        """The stages as they ran (``stages``: false where each stage's line was printed as it ended), then
+        the last round's evaluation and the report's path."""
+        m = self.read(s)
+        lines = [
+            f"pipeline: {s.rows} stages in {s.wall_s} s ({s.errors} rows set aside: quarantined, failed or "
+            f"without a pair) -> {s.outputs['run']}"
+        ]
+        if stages:
+            lines += [_stage_line(d) for d in m.stages]
+        for r in m.results:
+            score = "-" if r["score"] is None else f"{r['score']:.2f}"
+            interval = "" if r["lower"] is None else f" [{r['lower']:.2f}, {r['upper']:.2f}]"
+            lines.append(f"  {r['model']:<16} {r['benchmark']:<12} {score}{interval}")
+        caveats = {d.caveat for d in m.stages if d.caveat}
+        lines += [f"note: {c}" for c in sorted(caveats)]
+        if "report_html" in s.outputs:
+            lines.append(f"report: {s.outputs['report_html']}")
+        return "\n".join(lines)
 
 
-def _brief(s: Summary) -> dict[str, Any]:
-    brief = {"rows": s.rows, "errors": s.errors, "wall_s": s.wall_s, "usd": s.usd}
-    if s.stage == "evaluate":
-        keep = ("model", "benchmark", "score", "lower", "upper", "judged", "parse_rate")
-        brief["results"] = [{k: r[k] for k in keep} for r in s.metrics.get("results", [])]
-        brief["caveat"] = s.metrics.get("caveat")
-    if s.stage == "generate_dpo":
-        brief["pairs_strategy"] = s.metrics.get("pairs_strategy")
-        brief["pairs"] = s.metrics.get("pairs")
-        brief["ties"] = s.metrics.get("ties")
-        brief["position_consistency"] = s.metrics.get("position_consistency")
-    return brief
+def _stage_line(d: StageBrief) -> str:
+    extra = f", {d.pairs} pairs, {d.ties} ties" if d.pairs is not None else ""
+    note = " (already done)" if d.skipped else ""
+    return f"  round {d.round} {d.stage:<13} {d.rows:>5} rows {d.wall_s:>8} s{extra}{note}"
 
 
-def _stage_line(d: dict[str, Any]) -> str:
-    extra = f", {d['pairs']} pairs, {d['ties']} ties" if d.get("pairs") is not None else ""
-    note = " (already done)" if d["skipped"] else ""
-    return f"  round {d['round']} {d['stage']:<13} {d['rows']:>5} rows {d['wall_s']:>8} s{extra}{note}"
-
-
-def one_line(s: Summary, stages: bool = True) -> str:
-    """The stages as they ran (``stages``: false where each stage's line was printed as it ended), then the
-    last round's evaluation and the report's path."""
-    lines = [
-        f"pipeline: {s.rows} stages in {s.wall_s} s ({s.errors} rows set aside: quarantined, failed or "
-        f"without a pair) -> {s.outputs['run']}"
-    ]
-    if stages:
-        lines += [_stage_line(d) for d in s.metrics["stages"]]
-    for r in s.metrics["results"]:
-        score = "-" if r["score"] is None else f"{r['score']:.2f}"
-        interval = "" if r["lower"] is None else f" [{r['lower']:.2f}, {r['upper']:.2f}]"
-        lines.append(f"  {r['model']:<16} {r['benchmark']:<12} {score}{interval}")
-    caveats = {d["caveat"] for d in s.metrics["stages"] if d.get("caveat")}
-    lines += [f"note: {c}" for c in sorted(caveats)]
-    if "report_html" in s.outputs:
-        lines.append(f"report: {s.outputs['report_html']}")
-    return "\n".join(lines)
+STAGE = Pipeline()
+run = STAGE.run
+one_line = STAGE.one_line

@@ -25,7 +25,6 @@ import os
 import posixpath
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,11 +36,11 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from moaa.benchmarks import decontaminate
-from moaa.core import manifests, schemas, stage, storage
-from moaa.core.config import Config, HubIdOrPath, InputPath, UserError, config_hash
-from moaa.core.stage import StageConfig, Summary
+from moaa.core import schemas, storage
+from moaa.core.config import Config, HubIdOrPath, InputPath, UserError
+from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work, num
 
-STAGE = "prepare"
+NAME = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
 ROLES = ("system", "user", "assistant")
 # Fields that say where the outputs go or how the job runs, not what they hold: left out of the config hash
@@ -135,10 +134,10 @@ class PrepareConfig(StageConfig):
         "row_index -1 and the reason) and goes on with the other files.",
     )
 
-    stage: ClassVar[str] = STAGE
+    stage: ClassVar[str] = NAME
 
-    def fingerprint(self) -> str:
-        return config_hash(self, exclude=LOCATION_FIELDS)
+    def fingerprint_data(self) -> Any:
+        return self.model_dump(mode="json", exclude=LOCATION_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------ row functions
@@ -676,54 +675,93 @@ def accounting(scan: Scan, shards: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def run(cfg: PrepareConfig) -> Summary:
-    """read -> validate and dedup (first pass) -> subset -> shard (second pass) -> quarantine -> summary.
-    A finished run returns its stored summary and writes nothing."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    start = time.time()
-    out = cfg.out_dir()
-    sources = open_sources(cfg)  # paths checked before the output folder is touched
-    bench = Benchmarks.load(cfg.decontaminate)
-    manifest = manifests.start_manifest(
-        out, STAGE, cfg.run_id, cfg.fingerprint(), cfg.model_dump(mode="json")
+class SourceNumbers(Config):
+    """One source's accounting: rows_in = rows_out + quarantined + not_sampled."""
+
+    input: str = Field("", description="What was read (hub id or path).")
+    rows_in: int = Field(0, description="Rows read.")
+    rows_out: int = Field(0, description="Rows in the prompts shards.")
+    quarantined: int = Field(0, description="Rows set aside with their reason.")
+    files_quarantined: int = Field(0, description="Unreadable files set aside (on_bad_file=quarantine).")
+    not_sampled: int = Field(0, description="Valid rows the subset did not draw.")
+    quarantined_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Quarantined rows per reason."
     )
-    scan = validate_and_dedup(sources, cfg.dedup, bench, cfg.drop_contaminated)
-    draw_subsets(scan, cfg)
-    shards = write_shards(sources, scan, out, cfg.rows_per_shard)
-    quarantine = write_quarantine(scan, out)
-    outputs = {"prompts": storage.join(out, "prompts"), "quarantine": quarantine}
-    if cfg.decontaminate:
-        outputs["contamination"] = storage.join(out, "contamination.json")
-        storage.write_json(outputs["contamination"], scan.contaminated)
-    numbers = accounting(scan, shards)
-    if numbers["rows_out"] == 0:
-        raise PrepareError(
-            f"no prompts to pass on: all {numbers['rows_in']} input rows were quarantined "
-            f"({numbers['quarantined_by_reason'] or 'no rows read'}"
-            + (f", {numbers['files_quarantined']} unreadable file(s)" if numbers["files_quarantined"] else "")
-            + f"); see {quarantine}"
+
+
+class PrepareMetrics(StageMetrics):
+    sources: dict[str, SourceNumbers] = Field(default_factory=dict, description="Per source, by name.")
+    rows_in: int = Field(0, description="Rows read over all sources.")
+    rows_out: int = Field(0, description="Prompts passed on.")
+    quarantined: int = Field(0, description="Rows set aside with their reason.")
+    files_quarantined: int = Field(0, description="Unreadable files set aside.")
+    not_sampled: int = Field(0, description="Valid rows no subset drew.")
+    quarantined_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Quarantined rows per reason."
+    )
+    shards: int = Field(0, description="Prompts shards written.")
+    contaminated: int = Field(0, description="Prompts sharing a 13-word span with a benchmark prompt.")
+
+
+class Prepare(Stage[PrepareConfig, PrepareMetrics]):
+    name = NAME
+    config = PrepareConfig
+    metrics = PrepareMetrics
+
+    def work(self, work: Work, pools: Any = None) -> Outcome:
+        """read -> validate and dedup (first pass) -> subset -> shard (second pass) -> quarantine."""
+        cfg, out = work.cfg, work.out
+        assert isinstance(cfg, PrepareConfig)
+        sources = open_sources(cfg)  # paths checked before the output folder is touched
+        bench = Benchmarks.load(cfg.decontaminate)
+        manifest = work.open_manifest()
+        scan = validate_and_dedup(sources, cfg.dedup, bench, cfg.drop_contaminated)
+        draw_subsets(scan, cfg)
+        shards = write_shards(sources, scan, out, cfg.rows_per_shard)
+        quarantine = write_quarantine(scan, out)
+        outputs = {"prompts": storage.join(out, "prompts"), "quarantine": quarantine}
+        if cfg.decontaminate:
+            outputs["contamination"] = storage.join(out, "contamination.json")
+            storage.write_json(outputs["contamination"], scan.contaminated)
+        numbers = accounting(scan, shards)
+        if numbers["rows_out"] == 0:
+            raise PrepareError(
+                f"no prompts to pass on: all {numbers['rows_in']} input rows were quarantined "
+                f"({numbers['quarantined_by_reason'] or 'no rows read'}"
+                + (
+                    f", {numbers['files_quarantined']} unreadable file(s)"
+                    if numbers["files_quarantined"]
+                    else ""
+                )
+                + f"); see {quarantine}"
+            )
+        # Shard paths are relative to the folder, so that it can be moved or copied.
+        manifest["shards"] = {path: {"rows": rows} for path, rows in shards.items()}
+        return Outcome(
+            manifest,
+            rows=numbers["rows_out"],
+            errors=numbers["quarantined"],
+            outputs=outputs,
+            metrics=PrepareMetrics.model_validate(numbers),
+            usable=numbers["rows_out"],
         )
-    # Shard paths are relative to the folder, so that it can be moved or copied.
-    manifest["shards"] = {path: {"rows": rows} for path, rows in shards.items()}
-    result = stage.summary(
-        cfg,
-        rows=numbers["rows_out"],
-        errors=numbers["quarantined"],
-        wall_s=time.time() - start,
-        outputs=outputs,
-        metrics=numbers,
-    )
-    return stage.complete(cfg, manifest, result, usable=result.rows)
+
+    def one_line(self, s: Summary) -> str:
+        m = self.read(s)
+        order = [n for n in ("ultrafeedback", "ultrachat") if n in m.sources]  # summary.json sorts its keys
+        parts = ", ".join(f"{m.sources[k].rows_out} {k}" for k in order)
+        sampled = f", {m.not_sampled} not drawn by subset" if m.not_sampled else ""
+        return (
+            f"prepare: {s.rows} prompts in {m.shards} shards ({parts}), {s.errors} quarantined{sampled} -> "
+            f"{posixpath.dirname(s.outputs['prompts'])}"
+        )
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        of = f" of {num(m.rows_in)}" if m.rows_in else ""
+        return f"{num(m.rows_out or s.rows)} prompts{of}, {num(s.errors)} quarantined"
 
 
-def one_line(s: Summary) -> str:
-    """One line for the end of the job's output."""
-    m = s.metrics
-    order = [n for n in ("ultrafeedback", "ultrachat") if n in m["sources"]]  # summary.json sorts its keys
-    parts = ", ".join(f"{m['sources'][k]['rows_out']} {k}" for k in order)
-    sampled = f", {m['not_sampled']} not drawn by subset" if m["not_sampled"] else ""
-    return (
-        f"prepare: {s.rows} prompts in {m['shards']} shards ({parts}), {s.errors} quarantined{sampled} -> "
-        f"{posixpath.dirname(s.outputs['prompts'])}"
-    )
+STAGE = Prepare()
+run = STAGE.run
+one_line = STAGE.one_line

@@ -32,8 +32,9 @@ from pydantic import Field
 
 from moaa.core import layout, manifests, storage
 from moaa.core.config import Config, OutputPath, UserError, absolute
-from moaa.core.stage import Summary
+from moaa.core.stage import Summary, num, pct
 from moaa.embedded import is_embedded, smollm
+from moaa.stages import registry
 
 STAGES = layout.STAGES
 JUDGING_STAGES = ("generate_dpo", "evaluate", "judge_eval")
@@ -74,6 +75,7 @@ class StageResult:
     round: int
     folder: str
     summary: Summary | None = None
+    metrics: Any = None  # the summary's metrics as the stage's typed model (moaa.core.stage.StageMetrics)
     manifest: dict[str, Any] | None = None
     problem: str | None = None  # why there is no summary (unfinished, unreadable)
 
@@ -124,7 +126,8 @@ def load_stage(stage: str, round: int, folder: str) -> StageResult:
         result.problem = f"not finished: no summary.json (manifest status: {status})"
         return result
     try:
-        result.summary = Summary.model_validate(storage.read_json(path))
+        summary = Summary.model_validate(storage.read_json(path))
+        result.metrics, result.summary = registry.of(stage).read(summary), summary
     except (OSError, ValueError) as e:
         result.problem = f"summary.json unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"
     return result
@@ -193,23 +196,6 @@ def data_folder(s: StageResult) -> str:
 
 
 # ------------------------------------------------------------------------------------------ formatting
-
-
-def num(v: Any, digits: int = 2) -> str:
-    """A number for a table: ints with thousands separators, floats with ``digits`` decimals, None as '-'."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return str(v)
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def clip(text: str | None, limit: int = MAX_CHARS) -> str:
@@ -448,11 +434,11 @@ class JudgeFinding:
 
 
 def judge_eval_modes(s: StageResult) -> dict[str, dict[str, Any]]:
-    modes = (s.summary.metrics.get("modes") if s.summary else None) or {}
+    modes = s.metrics.modes if s.summary else {}
     out = {}
     for mode, m in modes.items():
-        acc, n = m.get("accuracy_ties_half"), m.get("pairs") or 0
-        row = dict(m)
+        acc, n = m.accuracy_ties_half, m.pairs
+        row = m.model_dump()
         if acc is not None and n:
             row["chance_lo"], row["chance_hi"] = chance_interval(n)
             row["at_chance"] = accuracy_at_chance(acc, n)
@@ -504,10 +490,12 @@ def judge_findings(run: Run) -> list[JudgeFinding]:
             continue
         models = judge_models(s.config)
         kind = embedded_kind(models)
-        mode = (s.config.get("judge") or {}).get("mode") or s.summary.metrics.get("judge_mode")
+        caveat = None
         if s.stage == "evaluate":
             mode = "moa" if (s.config.get("judge") or {}).get("aggregator") else "single"
-        caveat = s.summary.metrics.get("caveat")
+            caveat = s.metrics.caveat
+        else:
+            mode = (s.config.get("judge") or {}).get("mode") or s.metrics.judge_mode
         same = [m for m in measured if models and m[0] == _model_set(models) and m[1] == mode]
         if kind:
             finding = JudgeFinding(s, [model_name(m) for m in models], True, _kind_words(kind))
@@ -549,47 +537,6 @@ def _tokens(s: Summary) -> tuple[int, int, int]:
     return (sum(x.prompt_tokens for x in t), sum(x.completion_tokens for x in t), sum(x.calls for x in t))
 
 
-def key_numbers(s: Summary) -> str:
-    """A few of the stage's own numbers, in words (those the summary has)."""
-    m = s.metrics
-
-    def has(*keys: str) -> bool:
-        return all(m.get(k) is not None for k in keys)
-
-    parts: list[str] = []
-    if s.stage == "prepare":
-        parts.append(
-            f"{num(m.get('rows_out', s.rows))} prompts"
-            + (f" of {num(m['rows_in'])}" if has("rows_in") else "")
-        )
-        parts.append(f"{num(s.errors)} quarantined")
-    elif s.stage == "generate_sft" and has("completion_tokens"):
-        speed = f" at {num(m['completion_tokens_per_s'], 1)} tok/s" if has("completion_tokens_per_s") else ""
-        parts.append(f"{num(m['completion_tokens'])} completion tokens{speed}")
-    elif s.stage in layout.TRAINING_STAGES:
-        if has("steps"):
-            parts.append(f"{num(m['steps'])} steps on {num(m.get('rows_trained', s.rows))} rows")
-        if has("final_loss"):
-            parts.append(f"final loss {num(m['final_loss'], 3)}")
-        if has("device"):
-            parts.append(f"{m['device']} x {m.get('world_size', 1)}")
-    elif s.stage == "generate_dpo":
-        if has("pairs", "ties"):
-            parts.append(f"{num(m['pairs'])} pairs, {num(m['ties'])} ties from {num(s.rows)} prompts")
-        if has("judge_mode"):
-            parts.append(f"judge mode {m['judge_mode']}" + (f", n={m['n']}" if has("n") else ""))
-    elif s.stage == "evaluate":
-        results = m.get("results") or []
-        if results:
-            models = sorted({str(r.get("model")) for r in results})
-            parts.append(f"{len(results)} results ({len(models)} models)")
-        if has("judge"):
-            parts.append(f"judge {m['judge']}")
-    elif s.stage == "judge_eval" and m.get("modes"):
-        parts.append(f"modes {', '.join(m['modes'])} on {num(s.rows)} labeled pairs")
-    return ", ".join(parts)
-
-
 def stages_section(run: Run) -> list[Block]:
     blocks: list[Block] = [Heading("Stages")]
     if not run.stages:
@@ -625,7 +572,7 @@ def stages_section(run: Run) -> list[Block]:
                 f"${sm.usd:,.2f}",
                 num(sm.wall_s, 1),
                 pct(sm.wall_s / total) if total else "-",
-                key_numbers(sm),
+                registry.of(sm).key_numbers(sm),
             ]
         )
         for i, v in enumerate([sm.rows, sm.errors, c, p, calls, sm.usd, sm.wall_s]):
@@ -728,22 +675,22 @@ def judge_section(run: Run, findings: list[JudgeFinding]) -> list[Block]:
             )
         rows = []
         for s in dpo:
-            m = s.summary.metrics  # type: ignore[union-attr]
+            m = s.metrics
             judges = ", ".join(model_name(x) for x in judge_models(s.config)) or "?"
             rows.append(
                 [
                     str(s.round),
-                    str(m.get("judge_mode", "?")),
+                    str(m.judge_mode or "?"),
                     judges,
                     num(s.summary.rows),  # type: ignore[union-attr]
-                    num(m.get("pairs")),
-                    num(m.get("ties")),
-                    num(m.get("identical")),
+                    num(m.pairs),
+                    num(m.ties),
+                    num(m.identical),
                     num(s.summary.errors),  # type: ignore[union-attr]
-                    num(m.get("position_consistency"), 3),
-                    num(m.get("verdict_parse_rate"), 3),
-                    num(m.get("mean_score_margin"), 3),
-                    num(m.get("judge_tokens_per_pair"), 0),
+                    num(m.position_consistency, 3),
+                    num(m.verdict_parse_rate, 3),
+                    num(m.mean_score_margin, 3),
+                    num(m.judge_tokens_per_pair, 0),
                 ]
             )
         blocks.append(
@@ -846,12 +793,12 @@ def eval_rows(run: Run) -> list[dict[str, Any]]:
         path = s.summary.outputs.get("results") or storage.join(s.folder, "results.parquet")  # type: ignore[union-attr]
         found = read_columns(path)
         if not found:
-            found = list(s.summary.metrics.get("results") or [])  # type: ignore[union-attr]
+            found = list(s.metrics.results)
         for r in found:
             r = dict(r)
             r["round"] = s.round
             r["label"] = f"{r.get('model')} (eval r{s.round})" if many else str(r.get("model"))
-            r["caveat"] = s.summary.metrics.get("caveat")  # type: ignore[union-attr]
+            r["caveat"] = s.metrics.caveat
             rows.append(r)
     return rows
 

@@ -17,7 +17,6 @@ import posixpath
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,9 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from moaa.core import console, layout, manifests, schemas, stage, storage
-from moaa.core.config import Config, InputPath, ModelSource, OutputPath, UserError, config_hash
-from moaa.core.stage import StageConfig, Summary
+from moaa.core import console, layout, schemas, storage
+from moaa.core.config import Config, InputPath, ModelSource, OutputPath, UserError
+from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work, num
 from moaa.embedded import models, smollm
 from moaa.engine.settings import check_sources, check_uri_model
 
@@ -226,11 +225,12 @@ class TrainConfig(StageConfig):
     def storage_path(self) -> str:
         return self.checkpoint.storage_path or storage.join(self.out_dir(), "ray")
 
-    def fingerprint(self) -> str:
+    def fingerprint_data(self) -> Any:
         # How many failures to tolerate and how many checkpoints to keep do not change the result: a re-run
         # with other values must still resume.
-        return config_hash(
-            self, exclude={"checkpoint": {"max_failures", "num_to_keep"}, "scaling": {"resize_interval_s"}}
+        return self.model_dump(
+            mode="json",
+            exclude={"checkpoint": {"max_failures", "num_to_keep"}, "scaling": {"resize_interval_s"}},
         )
 
 
@@ -722,51 +722,101 @@ def read_and_check(cfg: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def run(cfg: TrainConfig) -> Summary:
-    """Train (or resume) and publish the model; a finished run returns its stored summary."""
-    if (done := stage.finished(cfg)) is not None:
-        return done
-    start = time.time()
-    data = read_and_check(cfg)  # schema, error rows, model: before the output folder or any worker
-    out = cfg.out_dir()
-    ray_run = storage.join(cfg.storage_path, ray_run_name(cfg))
-    checkpoints = [p for p in storage.list_dirs(ray_run) if posixpath.basename(p).startswith("checkpoint")]
-    manifest = manifests.start_manifest(
-        out,
-        cfg.stage,
-        cfg.run_id,
-        cfg.fingerprint(),
-        cfg.model_dump(mode="json"),
-        other_work=bool(checkpoints),
-    )
-    metrics = fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
-    result = stage.summary(
-        cfg,
-        rows=data["rows_used"],
-        errors=data["rows_errored"],
-        wall_s=time.time() - start,
-        outputs={"model": layout.output_of(out, cfg.stage)},
-        metrics={
-            "model": cfg.model_path,
-            "data": cfg.data_path,
-            "rows_total": data["rows_total"],
-            **metrics,
-            "ray_storage": ray_run,
-        },
-    )
-    return stage.complete(cfg, manifest, result, usable=result.rows)
+class WorkerGroup(Config):
+    from_step: int = Field(0, description="The step this group of workers started from.")
+    workers: int = Field(1, description="Workers in the group.")
 
 
-def one_line(s: Summary) -> str:
-    m = s.metrics
-    return (
-        f"{s.stage}: {m['steps']} steps, {m['epochs']:.2f} epochs on {s.rows} rows ({s.errors} with error "
-        f"skipped), final loss {m['final_loss']}, {m['tokens_per_s'] or 0:.0f} tokens/s, {s.wall_s} s"
-        + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else "")
-        + (
-            f", workers {' -> '.join(str(g['workers']) for g in m['worker_groups'])}"
-            if len(m.get("worker_groups", [])) > 1
-            else ""
+class TrainMetrics(StageMetrics):
+    model: str | None = Field(None, description="The model trained from (path or hub id).")
+    data: str | None = Field(None, description="The data folder trained on.")
+    rows_total: int | None = Field(None, description="Rows in the data, with error rows.")
+    steps: int | None = Field(None, description="Optimizer steps taken.")
+    max_steps: int | None = Field(None, description="Steps planned.")
+    epochs: float | None = Field(None, description="Epochs trained.")
+    final_loss: float | None = Field(None, description="Last logged training loss.")
+    losses: list[list[float]] = Field(default_factory=list, description="[step, loss] per logged step.")
+    reward_margins: list[list[float]] = Field(
+        default_factory=list, description="DPO: [step, chosen-minus-rejected reward margin] per logged step."
+    )
+    tokens_seen: int | None = Field(None, description="Input tokens over the whole run, resumed parts too.")
+    session_tokens: int | None = Field(None, description="Input tokens of the call that finished.")
+    train_runtime_s: float | None = Field(None, description="Seconds TRL's train() ran in that call.")
+    tokens_per_s: float | None = Field(None, description="session_tokens / train_runtime_s.")
+    world_size: int | None = Field(None, description="Workers (ranks) of the last group.")
+    gradient_accumulation_steps: int | None = Field(None, description="Steps accumulated per update.")
+    effective_batch_size: int | None = Field(None, description="Sequences per optimizer step.")
+    assistant_only_loss: bool | None = Field(None, description="SFT: loss on assistant tokens only.")
+    rows_trained: int | None = Field(None, description="Rows in the training set.")
+    resumed_from: str | None = Field(None, description="The checkpoint the last call resumed from.")
+    worker_groups: list[WorkerGroup] = Field(
+        default_factory=list, description="The groups of workers the steps were trained with (elastic runs)."
+    )
+    device: str | None = Field(None, description="cpu or gpu.")
+    ray_storage: str | None = Field(None, description="Ray Train's run folder (checkpoints).")
+
+
+class Train(Stage[TrainConfig, TrainMetrics]):
+    """train_sft and train_dpo: one stage class, two configs."""
+
+    metrics = TrainMetrics
+    releases_engines = True
+
+    def __init__(self, config: type[TrainConfig]) -> None:
+        self.config = config
+        self.name = config.stage
+
+    def work(self, work: Work, pools: Any = None) -> Outcome:
+        """Train (or resume) and publish the model."""
+        cfg = work.cfg
+        assert isinstance(cfg, TrainConfig)
+        data = read_and_check(cfg)  # schema, error rows, model: before the output folder or any worker
+        ray_run = storage.join(cfg.storage_path, ray_run_name(cfg))
+        checkpoints = [
+            p for p in storage.list_dirs(ray_run) if posixpath.basename(p).startswith("checkpoint")
+        ]
+        manifest = work.open_manifest(other_work=bool(checkpoints))
+        metrics = fit(cfg, data["files"])  # scale + train (TRL in Ray Train workers) + save (rank 0)
+        return Outcome(
+            manifest,
+            rows=data["rows_used"],
+            errors=data["rows_errored"],
+            outputs={"model": layout.output_of(work.out, cfg.stage)},
+            metrics=TrainMetrics(
+                model=cfg.model_path,
+                data=cfg.data_path,
+                rows_total=data["rows_total"],
+                **metrics,
+                ray_storage=ray_run,
+            ),
+            usable=data["rows_used"],
         )
-        + f" -> {s.outputs['model']}"
-    )
+
+    def one_line(self, s: Summary) -> str:
+        m = self.read(s)
+        return (
+            f"{s.stage}: {m.steps} steps, {m.epochs or 0:.2f} epochs on {s.rows} rows ({s.errors} with error "
+            f"skipped), final loss {m.final_loss}, {m.tokens_per_s or 0:.0f} tokens/s, {s.wall_s} s"
+            + (f", resumed from {m.resumed_from}" if m.resumed_from else "")
+            + (
+                f", workers {' -> '.join(str(g.workers) for g in m.worker_groups)}"
+                if len(m.worker_groups) > 1
+                else ""
+            )
+            + f" -> {s.outputs['model']}"
+        )
+
+    def key_numbers(self, s: Summary) -> str:
+        m = self.read(s)
+        parts = []
+        if m.steps is not None:
+            parts.append(f"{num(m.steps)} steps on {num(m.rows_trained or s.rows)} rows")
+        if m.final_loss is not None:
+            parts.append(f"final loss {num(m.final_loss, 3)}")
+        if m.device is not None:
+            parts.append(f"{m.device} x {m.world_size or 1}")
+        return ", ".join(parts)
+
+
+TRAIN_SFT = Train(TrainSFTConfig)
+TRAIN_DPO = Train(TrainDPOConfig)
