@@ -593,7 +593,8 @@ def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: 
             judge_tokens = by_judge_tokens[key]
             _, usd = stage.priced({**answer_tokens, **judge_tokens}, cfg.prices)
             finals_n = len(finals)
-            note = "; ".join(n for n in (r.get("note"), caveat) if n) or None
+            # the judge's caveat on the rows it judged (a benchmark scored by code has no judge)
+            note = "; ".join(n for n in (r.get("note"), caveat if bench.judged else None) if n) or None
             rows.append(
                 {
                     "model": m.display_name,
