@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
+from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench, registry
 from moaa.core import schemas
 from moaa.core.config import ConfigError, load_config
 from moaa.engine.settings import Completion, SamplingConfig
@@ -76,17 +76,17 @@ def test_arena_games_swap_the_answers_and_alpaca_order_is_seeded():
     g1, g2 = (evaluate.judge_messages(s, 1, g)[1]["content"] for g in (1, 2))
     assert g1.index("BASE") < g1.index("MODEL") and g2.index("MODEL") < g2.index("BASE")
     assert evaluate.judge_keys(s) == [(1, 1), (1, 2)]
-    assert [evaluate.shown_first(s, g) for g in (1, 2)] == ["reference", "model"]
+    assert [arena_hard.BENCHMARK.shown_first(s, g) for g in (1, 2)] == ["reference", "model"]
 
-    assert [m["role"] for m in evaluate.ALPACA_MESSAGES] == ["system", "user"]
+    assert [m["role"] for m in alpaca_eval.ALPACA_MESSAGES] == ["system", "user"]
     a = _state("alpaca_eval", ["Do {this}"], ["MODEL"], reference=["REF"], switched=True)
     user = evaluate.judge_messages(a, 1, 0)[1]["content"]
     assert '"instruction": """Do {this}"""' in user
     assert user.index('"m",\n        "output": """MODEL"""') < user.index('"output": """REF"""')
     assert "{output_1}" not in user and user.endswith("## Best Model Identifier")
-    flips = [evaluate.alpaca_switched(f"instruction {i}", 0) for i in range(200)]
+    flips = [alpaca_eval.alpaca_switched(f"instruction {i}", 0) for i in range(200)]
     assert 70 < sum(flips) < 130  # about half the rows show the model first
-    assert flips == [evaluate.alpaca_switched(f"instruction {i}", 0) for i in range(200)]
+    assert flips == [alpaca_eval.alpaca_switched(f"instruction {i}", 0) for i in range(200)]
 
 
 def test_an_arena_judgment_without_a_label_is_sent_back_once_as_in_v01():
@@ -124,42 +124,42 @@ def test_constrained_formats_always_parse():
         "arena_hard": ("B is more complete. My final verdict is: [[B>A]]", "B>A"),
     }
     for bench, (text, verdict) in cases.items():
-        structured, max_tokens = evaluate.judge_format(bench, 64)
+        structured, max_tokens = registry.get(bench).judge_format(64)
         assert re.fullmatch(structured["regex"], text) and max_tokens >= 64
         assert not re.fullmatch(structured["regex"], "[[x]] " + text)  # brackets only in the verdict
-        assert evaluate.parse_judgment(bench, Completion(texts=[text]), False)[0] == verdict
-    assert evaluate.judge_format("alpaca_eval", 64) == ({"choice": ["m", "M"]}, 1)
+        assert registry.get(bench).parse(Completion(texts=[text]), False)[0] == verdict
+    assert alpaca_eval.BENCHMARK.judge_format(64) == ({"choice": ["m", "M"]}, 1)
 
 
 def test_alpaca_preference_from_logprobs_or_the_choice_with_the_order_undone():
     lp = {"m": math.log(0.8), "M": math.log(0.2), "x": -1.0}
-    assert evaluate.parse_judgment("alpaca_eval", Completion(texts=["m"], first_logprobs=lp), False)[1:] == (
+    assert alpaca_eval.BENCHMARK.parse(Completion(texts=["m"], first_logprobs=lp), False)[1:] == (
         pytest.approx(1.2),
         "logprobs",
     )
-    assert evaluate.parse_judgment("alpaca_eval", Completion(texts=["m"], first_logprobs=lp), True)[1] == (
+    assert alpaca_eval.BENCHMARK.parse(Completion(texts=["m"], first_logprobs=lp), True)[1] == (
         pytest.approx(1.8)
     )
     # neither letter among the logprobs: the choice itself; "M" is output_2, the model unless switched
     no = {"x": -0.1}
-    assert evaluate.parse_judgment("alpaca_eval", Completion(texts=["M"], first_logprobs=no), False) == (
+    assert alpaca_eval.BENCHMARK.parse(Completion(texts=["M"], first_logprobs=no), False) == (
         "M",
         2.0,
         "choice",
     )
-    assert evaluate.parse_judgment("alpaca_eval", Completion(texts=["M"]), True)[1] == 1.0
-    assert evaluate.parse_judgment("alpaca_eval", Completion(texts=["maybe"]), False) == (None, None, None)
+    assert alpaca_eval.BENCHMARK.parse(Completion(texts=["M"]), True)[1] == 1.0
+    assert alpaca_eval.BENCHMARK.parse(Completion(texts=["maybe"]), False) == (None, None, None)
 
 
 def test_answer_sampling_follows_fastchat_per_category_and_arena_hard():
     base = SamplingConfig(temperature=0.9, max_tokens=50)
-    rules = {
-        "mt_bench": {"max_tokens": 7, "category_temperature": True},
-        "arena_hard": {"max_tokens": None, "temperature": 0.0},
-        "alpaca_eval": {"max_tokens": None},
+    sections = {
+        "mt_bench": mt_bench.MTBench(max_tokens=7, category_temperature=True),
+        "arena_hard": arena_hard.ArenaHard(max_tokens=None, temperature=0.0),
+        "alpaca_eval": alpaca_eval.AlpacaEval(max_tokens=None),
     }
     got = {
-        (b, c): evaluate.answer_sampling(_state(b, ["q"], [], category=c), base=base, rules=rules)
+        (b, c): evaluate.answer_sampling(_state(b, ["q"], [], category=c), base=base, sections=sections)
         for b, c in [
             ("mt_bench", "writing"),
             ("mt_bench", "math"),
@@ -207,9 +207,9 @@ def test_arena_position_stats_and_score_by_hand():
         _final("arena_hard", 1, "B>A", first="reference", qid="q2"),  # model wins
         _final("arena_hard", 2, "A>B", first="model", qid="q2"),  # model wins
     ]
-    stats = evaluate.position_stats("arena_hard", finals)
+    stats = arena_hard.BENCHMARK.position_stats(finals)
     assert stats == {"first_position_rate": 0.75, "position_consistency": 0.5}
-    r = evaluate.score_arena(finals, [], "m1", evaluate.ArenaHard(), bootstrap=20, ci=0.9)
+    r = arena_hard.BENCHMARK.score(arena_hard.ArenaHard(), finals, [], model="m1", bootstrap=20, ci=0.9)
     # 6 battles (1 + 3 + 1 + 1), the model wins 5: the fit is the plain weighted mean
     assert r["details"]["battles"] == 6 and r["score"] == pytest.approx(100 * 5 / 6, abs=1e-6)
     assert r["lower"] <= r["score"] <= r["upper"] and r["judged"] == 4 and r["unparsed"] == 0
@@ -221,23 +221,23 @@ def test_mt_bench_and_alpaca_scores_by_hand():
         _final("mt_bench", 0, "6", 6.0, turn=2),
         _final("mt_bench", 0, None, None, turn=2, qid="q2"),
     ]
-    r = evaluate.score_mt_bench(finals, bootstrap=50, ci=0.9)
+    r = mt_bench.BENCHMARK.score(mt_bench.MTBench(), finals, [], model="m1", bootstrap=50, ci=0.9)
     assert (r["score"], r["judged"], r["unparsed"]) == (7.0, 2, 1)
     assert r["details"] == {"turn_1": 8.0, "turn_2": 6.0} and 6.0 <= r["lower"] <= r["upper"] <= 8.0
     prefs = [2.0, 1.0, 1.5, 1.8]
     finals = [_final("alpaca_eval", 0, None, p, first="reference", qid=f"q{i}") for i, p in enumerate(prefs)]
-    r = evaluate.score_alpaca(finals, [], evaluate.AlpacaEval(), ci=0.9)
+    r = alpaca_eval.BENCHMARK.score(alpaca_eval.AlpacaEval(), finals, [], model="m1", bootstrap=100, ci=0.9)
     assert r["score"] == pytest.approx(57.5) and r["standard_error"] > 0
     assert r["lc_win_rate"] is None and r["note"] == alpaca_eval.LC_NOT_COMPUTED
     # the model (shown second here) won 2 of the 3 decisive comparisons
-    assert evaluate.position_stats("alpaca_eval", finals)["first_position_rate"] == pytest.approx(1 / 3)
+    assert alpaca_eval.BENCHMARK.position_stats(finals)["first_position_rate"] == pytest.approx(1 / 3)
 
 
 def test_results_have_a_row_per_model_and_benchmark_even_without_judgments(tmp_path):
     cfg = load_config(EvaluateConfig, TINY, [f"runs_dir={tmp_path}"])
     rows = evaluate.results_rows(cfg, [], [])
     assert [(r["model"], r["benchmark"]) for r in rows] == [
-        (m, b) for m in ("tiny-qwen2-a", "train_dpo-r1") for b in evaluate.BENCHMARKS
+        (m, b) for m in ("tiny-qwen2-a", "train_dpo-r1") for b in registry.NAMES
     ]
     assert all(r["score"] is None and "noise" in r["note"] for r in rows)
     schemas.to_table(
@@ -383,7 +383,7 @@ def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models
     # every model x benchmark has its results row, in Parquet and JSON alike
     results = pq.read_table(out / "results.parquet").to_pylist()
     assert [(r["model"], r["benchmark"]) for r in results] == [
-        (m, b) for m in ("tiny-qwen2-a", "tiny-llama-b") for b in evaluate.BENCHMARKS
+        (m, b) for m in ("tiny-qwen2-a", "tiny-llama-b") for b in registry.NAMES
     ]
     assert json.loads((out / "results.json").read_text()) == [
         {k: v for k, v in r.items() if k not in ("run_id", "config_hash", "moaa_version")} for r in results
@@ -527,15 +527,15 @@ def test_alpaca_lc_is_computed_when_its_glm_data_is_configured(tmp_path):
         _final("alpaca_eval", 0, None, 1.0 + (0.2 + 0.08 * i), first="reference", qid=f"{i:04d}")
         for i in range(n)
     ]
-    cfg = evaluate.AlpacaEval(
+    cfg = alpaca_eval.AlpacaEval(
         reference_outputs=str(SHARED / "alpaca_eval/gpt4_1106_preview.model_outputs.json"),
         limit=n,
         lc_data=str(gamed),
     )
-    r = evaluate.score_alpaca(finals, answers, cfg, ci=0.9)
+    r = alpaca_eval.BENCHMARK.score(cfg, finals, answers, model="m1", bootstrap=100, ci=0.9)
     assert 0 < r["lc_win_rate"] < 100 and r["lc_win_rate"] != pytest.approx(r["score"])
     assert "first 8 instructions" in r["note"] and r["details"]["lc_standard_error"] >= 0
     # rows matched to other instructions than the file's are refused, not misread
     answers[0]["turns"] = ["another instruction"]
     with pytest.raises(evaluate.BenchmarkFileError, match="alpaca_eval.lc_data"):
-        evaluate.score_alpaca(finals, answers, cfg, ci=0.9)
+        alpaca_eval.BENCHMARK.score(cfg, finals, answers, model="m1", bootstrap=100, ci=0.9)

@@ -1,9 +1,11 @@
 """The architecture, checked: layers import only downwards, no module imports another's private names, no
-import circle, and jobs/ stay thin entrypoints that moaa/ never imports."""
+import circle, jobs/ stay thin entrypoints that moaa/ never imports, and only moaa/benchmarks/ names a
+benchmark."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,81 @@ def test_no_import_circle_between_modules():
         visit(m, [])
 
 
+def benchmark_spellings() -> tuple[set[str], set[str]]:
+    """(registry names, squashed spellings) of the registry's benchmarks: a squashed spelling is lowercase
+    without underscores, so that ``mt_bench``, ``MTBench`` and ``score_mt_bench`` all hold ``mtbench``."""
+    from moaa.benchmarks import registry
+
+    spelled = {
+        n
+        for b in registry.BENCHMARKS
+        for n in (b.name, type(b).__module__.rsplit(".", 1)[-1], b.config.__name__)
+    }
+    return set(registry.NAMES), {n.lower().replace("_", "") for n in spelled}
+
+
+def benchmark_mentions(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every place the code of ``path`` names a benchmark: an identifier (a name, attribute,
+    import, argument, keyword, def or class) holding one in any spelling (``mt_bench``, ``MTBench``,
+    ``score_mt_bench``), or a string holding its registry name (``"mt_bench"``, ``f"{x}.mt_bench.limit"``).
+    Left out: docstrings and comments (prose), and other spellings inside strings ("MT-Bench", "AlpacaEval"
+    in a config field's description are text for people, not something the code dispatches on)."""
+    names, squashed = benchmark_spellings()
+    in_string = re.compile(
+        r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, sorted(names))) + r")(?![A-Za-z0-9])"
+    )
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+        and isinstance(node.body[0].value.value, str)
+    }
+    found = []
+    for node in ast.walk(tree):
+        idents: list[str] = []
+        if isinstance(node, ast.Name):
+            idents = [node.id]
+        elif isinstance(node, ast.Attribute):
+            idents = [node.attr]
+        elif isinstance(node, ast.alias):
+            idents = [*node.name.split("."), *([node.asname] if node.asname else [])]
+        elif isinstance(node, ast.ImportFrom):
+            idents = (node.module or "").split(".")
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            idents = [node.name]
+        elif isinstance(node, ast.arg):
+            idents = [node.arg]
+        elif isinstance(node, ast.keyword) and node.arg:
+            idents = [node.arg]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found += [(node.lineno, m.group(1)) for m in in_string.finditer(node.value)]
+        for ident in idents:
+            flat = ident.lower().replace("_", "")
+            found += [(getattr(node, "lineno", 0), ident) for s in squashed if s in flat]
+    return sorted(set(found))
+
+
+NO_BENCHMARK_NAMES = [p for p in SOURCES if not p.is_relative_to(MOAA / "benchmarks")] + sorted(
+    (ROOT / "jobs").glob("*.py")
+)
+
+
+@pytest.mark.parametrize("path", NO_BENCHMARK_NAMES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_benchmark_modules_name_a_benchmark(path: Path):
+    """A benchmark is its module in moaa/benchmarks/ plus its registry entry: the code elsewhere (the evaluate
+    stage, the pipeline, the report, the jobs) goes through ``moaa.benchmarks.registry``."""
+    found = benchmark_mentions(path)
+    assert not found, (
+        f"{path}:{found[0][0]}: names the benchmark {found[0][1]!r} (all: {found}): go through "
+        "moaa.benchmarks.registry (BENCHMARKS, get(name)) and its Benchmark interface "
+        "(moaa/benchmarks/base.py)"
+    )
+
+
 def test_the_checks_find_a_planted_case(tmp_path: Path):
     """Each check is shown to fail on code that breaks its rule."""
     bad = tmp_path / "bad.py"
@@ -148,6 +225,23 @@ def test_the_checks_find_a_planted_case(tmp_path: Path):
     assert resolve("moaa.core", "config") == "moaa.core.config" and resolve("moaa.core.config", "Config") == (
         "moaa.core.config"
     )
+    for code in (
+        'if state["benchmark"] == "arena_hard":\n    pass\n',
+        "from moaa.benchmarks import mt_bench\n",
+        "from moaa.benchmarks.mt_bench import parse_rating\n",
+        "cfg = EvaluateConfig(alpaca_eval=None)\n",
+        "section = AlpacaEval(limit=4)\n",
+        "def score_mt_bench(finals):\n    return cfg.mt_bench\n",
+        'key = f"{prefix}.arena_hard.limit"\n',
+    ):
+        bad.write_text(code)
+        with pytest.raises(AssertionError, match="names the benchmark"):
+            test_only_the_benchmark_modules_name_a_benchmark(bad)
+    # prose is not code: a docstring, a comment, a description that spells a benchmark for people
+    bad.write_text(
+        '"""Scores mt_bench."""\n# arena_hard too\ndef f():\n    """MTBench."""\n    return "MT-Bench"\n'
+    )
+    test_only_the_benchmark_modules_name_a_benchmark(bad)
 
 
 def test_the_embedded_names_are_the_models_moaa_builds():

@@ -1,4 +1,11 @@
-"""AlpacaEval 2: the reader of its published files and its scoring, without engines (pure functions).
+"""AlpacaEval 2 (tatsu-lab/alpaca_eval): 805 instructions, each answer judged against a reference model's.
+
+The benchmark as the evaluate stage runs it (``AlpacaEvalBenchmark``, config section ``alpaca_eval:``): each
+answer against the reference model's answer, judged with the ``alpaca_eval_clf`` prompt in a seeded random
+order; the preference comes from the judge's first-token logprobs of ``m`` and ``M``
+(weighted_alpaca_eval_gpt4_turbo), or from its choice when neither is among them; the score is the win rate
+(ties 0.5) with its standard error. The length-controlled win rate needs AlpacaEval's own GLM data (see
+``AlpacaEval.lc_data``); without it the result says "LC not computed" and why.
 
 Read from the reference implementation, not re-derived: tatsu-lab/alpaca_eval @ cd543a1,
 ``src/alpaca_eval/metrics/winrate.py`` (``get_winrate``) and ``src/alpaca_eval/metrics/helpers.py``
@@ -13,19 +20,37 @@ GLM ``length_controlled_v1``; see ``alpaca_lc_win_rate``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from moaa.benchmarks.base import (
+    Benchmark,
+    BenchmarkFileError,
+    Key,
+    Messages,
+    Verdict,
+    check_enough,
+    local_copy,
+    read_file,
+)
 from moaa.benchmarks.common import (
     as_object,
     get_str,
     load_json_list,
     sigmoid,
 )
+from moaa.benchmarks.files import SAMPLE_DIR
+from moaa.core import storage
+from moaa.core.config import Config, InputPath
+from moaa.engine.settings import Completion, SamplingConfig
 
 # ---------------------------------------------------------------------------------------- judge prompt
 # AlpacaEval 2 judge (annotator weighted_alpaca_eval_gpt4_turbo: gpt-4-1106-preview, max_tokens 1,
@@ -68,6 +93,18 @@ Evaluate the models based on the quality and relevance of their outputs, and sel
 
 ## Best Model Identifier
 <|im_end|>'''  # noqa: E501
+
+
+def _chatml(text: str) -> Messages:
+    """Messages of a ChatML text (AlpacaEval's prompt files are ChatML, system turn included)."""
+    found = re.findall(r"<\|im_start\|>(system|user|assistant)\n(.*?)\n?<\|im_end\|>", text, re.S)
+    return [{"role": role, "content": content} for role, content in found]
+
+
+ALPACA_MESSAGES = _chatml(ALPACA_EVAL_CLF)
+# The judge reads the first token's top logprobs (weighted_alpaca_eval_gpt4_turbo asks for 5; vLLM gives up
+# to 20 by default, and more of them makes it likelier that both "m" and "M" are there).
+ALPACA_TOP_LOGPROBS = 20
 
 
 def alpaca_eval_outputs(path: str | Path) -> list[dict[str, str]]:
@@ -459,3 +496,210 @@ def alpaca_lc_win_rate(
         }
     )
     return metrics
+
+
+# ------------------------------------------------------------------------ the benchmark, as evaluate runs it
+
+
+class AlpacaEval(Config):
+    """AlpacaEval 2 (tatsu-lab/alpaca_eval): 805 instructions against a reference model's outputs."""
+
+    reference_outputs: InputPath = Field(
+        f"{SAMPLE_DIR}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
+        description="The reference model's model_outputs.json (AlpacaEval 2: gpt4_1106_preview); the "
+        "default is the shipped excerpt (16 instructions), `moaa fetch-benchmarks` puts all 805 in "
+        "data/benchmarks/.",
+    )
+    limit: int | None = Field(8, ge=1, description="First N instructions; null: all 805.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens per answer; null: the model's own.")
+    seed: int = Field(0, description="Seed of the per-instruction random order of the two outputs.")
+    lc_data: InputPath | None = Field(
+        None,
+        description="AlpacaEval's GLM data for the length-controlled win rate; null: LC is not computed "
+        "(the result says why).",
+    )
+
+
+def alpaca_switched(instruction: str, seed: int) -> bool:
+    """Whether the model's output is shown first (as "m"): AlpacaEval randomizes the order per instruction
+    with a seeded draw, so that a judge's position bias spreads over both sides."""
+    return hashlib.sha256(f"{seed}\0{instruction}".encode()).digest()[0] % 2 == 1
+
+
+class AlpacaEvalBenchmark(Benchmark[AlpacaEval]):
+    """One comparison per instruction, the two outputs in the row's seeded order."""
+
+    name = "alpaca_eval"
+    config = AlpacaEval
+    description = "AlpacaEval 2; null: skip."
+    pipeline_slice = {"limit": 4}
+    judged = True
+    judge_prompts = (ALPACA_EVAL_CLF,)
+    judge_logprobs = ALPACA_TOP_LOGPROBS
+
+    def items(self, section: AlpacaEval) -> list[dict[str, Any]]:
+        """The first ``limit`` instructions; ``reference``: the reference model's output."""
+        outs = read_file(alpaca_eval_outputs, section.reference_outputs, "alpaca_eval.reference_outputs")
+        check_enough(
+            "alpaca_eval.reference_outputs",
+            section.reference_outputs,
+            section.limit,
+            len(outs),
+            "instructions",
+        )
+        outs = outs[: section.limit] if section.limit else outs
+        return [
+            {
+                "question_id": f"{i:04d}",
+                "category": o["dataset"],
+                "turns": [o["instruction"]],
+                "reference": [o["output"]],
+                "switched": alpaca_switched(o["instruction"], section.seed),
+            }
+            for i, o in enumerate(outs)
+        ]
+
+    def source(self, section: AlpacaEval) -> str:
+        return section.reference_outputs
+
+    def check_files(self, section: AlpacaEval) -> None:
+        if section.lc_data and not storage.exists(section.lc_data):
+            raise BenchmarkFileError(
+                f"alpaca_eval.lc_data: {section.lc_data} not found: give the df_gamed.csv of the "
+                "tatsu-lab/alpaca_eval dataset on the Hugging Face Hub, or lc_data=null (LC not computed)"
+            )
+
+    def order_switched(self, instruction: str, seed: int) -> bool:
+        return alpaca_switched(instruction, seed)
+
+    def answer_sampling(
+        self, section: AlpacaEval, state: dict[str, Any], base: SamplingConfig
+    ) -> SamplingConfig:
+        return base.model_copy(update={"max_tokens": section.max_tokens} if section.max_tokens else {})
+
+    def judge_keys(self, state: dict[str, Any]) -> list[Key]:
+        return [(1, 0)]
+
+    def shown_first(self, state: dict[str, Any], game: int) -> str | None:
+        """The reference as "m" unless the row's order is switched."""
+        return "model" if state["switched"] else "reference"
+
+    def judge_messages(self, state: dict[str, Any], turn: int, game: int) -> Messages:
+        q, a, ref = state["turns"], state["answers"], state["reference"]
+        out_1, out_2 = (a[0], ref[0]) if state["switched"] else (ref[0], a[0])
+        # str.replace, as alpaca_eval fills its templates: the braces around the placeholders are literal.
+        fill = {"{instruction}": q[0], "{output_1}": out_1, "{output_2}": out_2}
+        messages = []
+        for m in ALPACA_MESSAGES:
+            content = m["content"]
+            for k, v in fill.items():
+                content = content.replace(k, v)
+            messages.append({"role": m["role"], "content": content})
+        return messages
+
+    def parse(self, c: Completion, switched: bool) -> Verdict:
+        """The choice m/M and the preference in [1, 2] (2 = the model preferred) from the first-token
+        logprobs, else from the choice."""
+        text = c.text
+        choice = text.strip() if text.strip() in ("m", "M") else None
+        pref = alpaca_preference(c.first_logprobs, switched) if c.first_logprobs else None
+        if pref is not None:
+            return choice, pref, "logprobs"
+        if choice is None:
+            return None, None, None
+        # "m" names output_1: the reference, or the model when the order is switched.
+        raw = 1.0 if choice == "m" else 2.0
+        return choice, (3.0 - raw if switched else raw), "choice"
+
+    def judge_format(self, max_chars: int) -> tuple[dict[str, Any], int]:
+        """One token, m or M (the judge's answer is its first token)."""
+        return {"choice": ["m", "M"]}, 1
+
+    def free_format(self, max_tokens: int) -> tuple[dict[str, Any] | None, int]:
+        # Even a free judge answers with one token: the preference is read from its logprobs.
+        return self.judge_format(0)
+
+    def winner(self, judgment: dict[str, Any]) -> str | None:
+        if judgment["score"] is None:
+            return None
+        return "model" if judgment["score"] > 1.5 else "reference" if judgment["score"] < 1.5 else "tie"
+
+    def score(
+        self,
+        section: AlpacaEval,
+        finals: list[dict[str, Any]],
+        answers: list[dict[str, Any]],
+        *,
+        model: str,
+        bootstrap: int,
+        ci: float,
+    ) -> dict[str, Any]:
+        """AlpacaEval's win rate and standard error over the final preferences; LC only with its GLM data."""
+        w = alpaca_win_rate([j["score"] for j in finals])
+        se = w["standard_error"]
+        z = statistics.NormalDist().inv_cdf((1.0 + ci) / 2.0)
+        ok = w["n_total"] > 0
+        out: dict[str, Any] = {
+            "metric": "alpaca_eval_win_rate",
+            "score": w["win_rate"] if ok else None,
+            "lower": w["win_rate"] - z * se if ok and not math.isnan(se) else None,
+            "upper": w["win_rate"] + z * se if ok and not math.isnan(se) else None,
+            "standard_error": None if math.isnan(se) else se,
+            "judged": w["n_total"],
+            "unparsed": sum(j["score"] is None for j in finals),
+            "details": {
+                "n_wins": w["n_wins"],
+                "n_wins_base": w["n_wins_base"],
+                "n_draws": w["n_draws"],
+                "discrete_win_rate": w["discrete_win_rate"] if ok else None,
+                "preference_from_logprobs": sum(j["score_from"] == "logprobs" for j in finals),
+            },
+            "lc_win_rate": None,
+            "note": LC_NOT_COMPUTED,
+        }
+        if section.lc_data is not None and answers:
+            lc = self.lc(section, finals, answers)
+            out["lc_win_rate"] = lc.pop("lc_win_rate")
+            out["note"] = (
+                None
+                if section.limit is None
+                else f"LC on the first {len(answers)} instructions of 805: not comparable with the "
+                "leaderboard"
+            )
+            out["details"].update(lc)
+        return out
+
+    def lc(
+        self, section: AlpacaEval, finals: list[dict[str, Any]], answers: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """AlpacaEval's length-controlled win rate (``alpaca_lc_win_rate``) over this model's rows, in the
+        reference file's order: its GLM matches each row to its instruction's difficulty by position."""
+        pref = {j["question_id"]: j["score"] for j in finals}
+        rows = sorted(answers, key=lambda a: a["question_id"])
+        annotations = [
+            {
+                "instruction": a["turns"][0],
+                "output_1": a["reference"][0],
+                "output_2": a["answers"][0] if a["answers"] else "",
+                "preference": pref.get(a["question_id"]),
+            }
+            for a in rows
+        ]
+        outs = read_file(alpaca_eval_outputs, section.reference_outputs, "alpaca_eval.reference_outputs")
+        try:
+            r = alpaca_lc_win_rate(
+                annotations,
+                local_copy(section.lc_data),
+                eval_set_instructions=[o["instruction"] for o in outs],
+            )
+        except ValueError as e:
+            raise BenchmarkFileError(f"alpaca_eval.lc_data: {e}") from None
+        return {
+            "lc_win_rate": r["length_controlled_winrate"],
+            "lc_standard_error": r["lc_standard_error"],
+            "lc_glm_weights": r["glm_weights"],
+            "lc_instructions": len(annotations),
+        }
+
+
+BENCHMARK = AlpacaEvalBenchmark()

@@ -1,4 +1,10 @@
-"""Arena-Hard v0.1: the reader of its published files and its scoring, without engines (pure functions).
+"""Arena-Hard v0.1 (lmarena/arena-hard-auto): 500 hard prompts, each judged against a baseline's answer.
+
+The benchmark as the evaluate stage runs it (``ArenaHardBenchmark``, config section ``arena_hard:``): two
+games per question against the baseline's answer (the baseline as A, then as B), verdicts ``A>>B .. B>>A``
+from ``[[...]]``, a strong verdict is 3 battles; the score is the Bradley-Terry win rate against the baseline
+with a bootstrap interval (``ci``), optionally with style control. A free (unconstrained) judgment without a
+label is sent back once to be finished, as in v0.1.
 
 Read from the reference implementation, not re-derived: lmarena/arena-hard-auto @ 3071ef9 (the last commit
 with the v0.1 pipeline), ``gen_judgment.py`` (``get_score``: every ``[[...]]`` match must agree, otherwise no
@@ -17,18 +23,33 @@ from __future__ import annotations
 
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from moaa.benchmarks.base import (
+    Benchmark,
+    BenchmarkFileError,
+    Key,
+    Messages,
+    Verdict,
+    check_enough,
+    explained,
+    read_file,
+)
 from moaa.benchmarks.common import (
     as_object,
     get_str,
     load_jsonl,
     sigmoid,
 )
+from moaa.benchmarks.files import SAMPLE_DIR
+from moaa.core.config import Config, InputPath
+from moaa.engine.settings import Completion, SamplingConfig
 
 # ---------------------------------------------------------------------------------------- judge prompt
 # Arena-Hard v0.1 judge (gpt-4-1106-preview, temperature 0, max_tokens 4096, baseline gpt-4-0314). System
@@ -404,3 +425,191 @@ def style_features(answer: str, token_len: int) -> dict[str, Any]:
             "__": len(re.findall(r"__[^_\n]+__", answer)),
         },
     }
+
+
+# ------------------------------------------------------------------------ the benchmark, as evaluate runs it
+
+
+class ArenaHard(Config):
+    """Arena-Hard v0.1 (lmarena/arena-hard-auto): 500 hard prompts judged against a baseline's answers."""
+
+    questions: InputPath = Field(
+        f"{SAMPLE_DIR}/arena_hard/question.jsonl",
+        description="question.jsonl; the default is the shipped excerpt (8 questions), "
+        "`moaa fetch-benchmarks` puts all 500 in data/benchmarks/.",
+    )
+    baseline_answers: InputPath = Field(
+        f"{SAMPLE_DIR}/arena_hard/model_answer_gpt-4-0314.jsonl",
+        description="The baseline's model_answer/<model>.jsonl.",
+    )
+    baseline: str = Field(ARENA_BASELINE, description="The baseline's name in the results.")
+    limit: int | None = Field(4, ge=1, description="First N questions; null: all 500.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens per answer (arena-hard-auto: 4096); null: the model's own."
+    )
+    temperature: float | None = Field(
+        0.0, ge=0, description="Answer temperature (arena-hard-auto: 0.0); null: each model's own."
+    )
+    style_control: bool = Field(
+        False,
+        description="Also fit length and markdown features in the Bradley-Terry model (arena-hard-auto "
+        "--control-features length markdown) and report that score as style_controlled_score.",
+    )
+
+
+class ArenaHardBenchmark(Benchmark[ArenaHard]):
+    """Game 1 shows the baseline's answer as A, game 2 the model's (gen_judgment.py)."""
+
+    name = "arena_hard"
+    config = ArenaHard
+    description = "Arena-Hard; null: skip it."
+    pipeline_slice = {"limit": 2}
+    judged = True
+    judge_prompts = (ARENA_HARD_SYSTEM, ARENA_HARD_TEMPLATE)
+    continuation = ARENA_HARD_CONTINUE
+
+    def items(self, section: ArenaHard) -> list[dict[str, Any]]:
+        """The first ``limit`` questions; ``reference``: the baseline's answer."""
+        qs = read_file(arena_hard_questions, section.questions, "arena_hard.questions")
+        base = read_file(arena_hard_answers, section.baseline_answers, "arena_hard.baseline_answers")
+        check_enough("arena_hard.questions", section.questions, section.limit, len(qs), "questions")
+        qs = qs[: section.limit] if section.limit else qs
+        missing = [q["uid"] for q in qs if q["uid"] not in base]
+        if missing:
+            raise BenchmarkFileError(
+                f"arena_hard.baseline_answers: {section.baseline_answers} has no answer for {len(missing)} "
+                f"question(s), e.g. uid {missing[0]!r}: use the answers file of the same Arena-Hard version"
+            )
+        return [
+            {
+                "question_id": q["uid"],
+                "category": q["cluster"],
+                "turns": [q["prompt"]],
+                "reference": [base[q["uid"]]],
+                "switched": False,
+            }
+            for q in qs
+        ]
+
+    def source(self, section: ArenaHard) -> str:
+        return section.questions
+
+    def taken_names(self, section: ArenaHard) -> set[str]:
+        return {section.baseline}
+
+    def answer_sampling(
+        self, section: ArenaHard, state: dict[str, Any], base: SamplingConfig
+    ) -> SamplingConfig:
+        """``max_tokens`` and ``temperature`` (arena-hard-auto answers greedily)."""
+        update: dict[str, Any] = {}
+        if section.max_tokens:
+            update["max_tokens"] = section.max_tokens
+        if section.temperature is not None:
+            update["temperature"] = section.temperature
+        return base.model_copy(update=update)
+
+    def judge_keys(self, state: dict[str, Any]) -> list[Key]:
+        """The two games."""
+        return [(1, 1), (1, 2)]
+
+    def shown_first(self, state: dict[str, Any], game: int) -> str | None:
+        return "reference" if game == 1 else "model"
+
+    def judge_messages(self, state: dict[str, Any], turn: int, game: int) -> Messages:
+        q, a, ref = state["turns"], state["answers"], state["reference"]
+        first, second = (ref[0], a[0]) if game == 1 else (a[0], ref[0])
+        user = ARENA_HARD_TEMPLATE.format(question_1=q[0], answer_1=first, answer_2=second)
+        return [{"role": "system", "content": ARENA_HARD_SYSTEM}, {"role": "user", "content": user}]
+
+    def parse(self, c: Completion, switched: bool) -> Verdict:
+        """The label (no score: the battles are counted from the labels)."""
+        return parse_arena_verdict(c.text), None, None
+
+    def judge_format(self, max_chars: int) -> tuple[dict[str, Any], int]:
+        return explained(r"\[\[(A>>B|A>B|A=B|B>A|B>>A)\]\]", max_chars)
+
+    def unfinished(self, raw: str) -> bool:
+        """No verdict label at all: v0.1 sends those back once (number_of_judgment_attempts: 2). Two
+        different labels are not sent back (inconsistent, as v0.1)."""
+        return not [m for m in ARENA_VERDICT_PATTERN.findall(raw) if m]
+
+    def winner(self, judgment: dict[str, Any]) -> str | None:
+        v = judgment["verdict"]
+        if v is None:
+            return None
+        if v == "A=B":
+            return "tie"
+        first = judgment["shown_first"]
+        other = "model" if first == "reference" else "reference"
+        return first if v.startswith("A") else other
+
+    def position_stats(self, finals: list[dict[str, Any]]) -> dict[str, float | None]:
+        """Also ``position_consistency``: of the questions with both games parsed, the share whose two games
+        name the same winner."""
+        out = super().position_stats(finals)
+        games: dict[str, dict[int, str | None]] = defaultdict(dict)
+        for j in finals:
+            games[j["question_id"]][j["game"]] = self.winner(j)
+        both = [g for g in games.values() if g.get(1) is not None and g.get(2) is not None]
+        out["position_consistency"] = sum(g[1] == g[2] for g in both) / len(both) if both else None
+        return out
+
+    def score(
+        self,
+        section: ArenaHard,
+        finals: list[dict[str, Any]],
+        answers: list[dict[str, Any]],
+        *,
+        model: str,
+        bootstrap: int,
+        ci: float,
+    ) -> dict[str, Any]:
+        """Battles from the final verdicts (as show_result.py), Bradley-Terry win rate against the baseline
+        with a bootstrap interval; with style control, the same fit with length and markdown features."""
+        games = [
+            {"uid": j["question_id"], "model": model, "game": j["game"], "verdict": j["verdict"]}
+            for j in finals
+        ]
+        rows = battles(games, baseline=section.baseline)
+        out: dict[str, Any] = {
+            "metric": "arena_hard_score",
+            "score": None,
+            "lower": None,
+            "upper": None,
+            "standard_error": None,
+            "judged": sum(j["verdict"] is not None for j in finals),
+            "unparsed": sum(j["verdict"] is None for j in finals),
+            "details": {"battles": len(rows)},
+        }
+        if not rows:
+            out["note"] = "no parsed verdicts: no battles to score"
+            return out
+        r = arena_score(rows, baseline=section.baseline, bootstrap=bootstrap, ci=ci, model=model)
+        out.update(score=r["score"], lower=r["lower"], upper=r["upper"])
+        if section.style_control:
+            # token_len in whitespace words for both sides (arena-hard-auto counts gpt-4o tokens): the length
+            # feature is the ratio (a - b) / (a + b), so any unit used for both answers serves.
+            style: dict[str, dict[str, Any]] = {model: {}, section.baseline: {}}
+            for a in answers:
+                if a["answers"]:
+                    style[model][a["question_id"]] = style_features(
+                        a["answers"][0], len(a["answers"][0].split())
+                    )
+                    ref = a["reference"][0]
+                    style[section.baseline][a["question_id"]] = style_features(ref, len(ref.split()))
+            try:
+                sc = arena_score(
+                    rows, baseline=section.baseline, bootstrap=bootstrap, ci=ci, model=model, style=style
+                )
+                out["details"].update(
+                    style_controlled_score=sc["score"],
+                    style_controlled_lower=sc["lower"],
+                    style_controlled_upper=sc["upper"],
+                    style_coefficients=sc["style_coefficients"],
+                )
+            except ValueError as e:  # e.g. a single battle: no variance to fit the style on
+                out["details"]["style_control"] = f"not fitted: {e}"
+        return out
+
+
+BENCHMARK = ArenaHardBenchmark()

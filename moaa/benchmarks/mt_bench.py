@@ -1,4 +1,10 @@
-"""MT-Bench: the reader of its published files and its scoring, without engines (pure functions).
+"""MT-Bench (lm-sys/FastChat llm_judge): 80 two-turn questions in 8 categories, each turn graded 1-10.
+
+The benchmark as the evaluate stage runs it (``MTBenchBenchmark``, config section ``mt_bench:``): two turns
+per question, the second asked on the model's own first answer, with the answer temperature per category
+(FastChat's ``temperature_config``); each turn graded with FastChat's ``single-v1`` prompts
+(``single-math-v1`` with the GPT-4 reference for math, reasoning and coding), the rating parsed from ``[[x]]``
+then ``[x]``; the score is the mean per turn and overall, with a bootstrap interval.
 
 Read from the reference implementation, not re-derived: lm-sys/FastChat @ 0e6d3e4,
 ``fastchat/llm_judge/common.py`` (``temperature_config``, ``NEED_REF_CATS``, ``one_score_pattern`` +
@@ -9,12 +15,18 @@ the mean per turn and the mean of all remaining rows).
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from pydantic import Field
+
+from moaa.benchmarks.base import Benchmark, Key, Messages, Verdict, check_enough, explained, read_file
 from moaa.benchmarks.common import (
     as_object,
     get_int,
@@ -22,6 +34,9 @@ from moaa.benchmarks.common import (
     get_str_list,
     load_jsonl,
 )
+from moaa.benchmarks.files import SAMPLE_DIR
+from moaa.core.config import Config, InputPath
+from moaa.engine.settings import Completion, SamplingConfig
 
 # ---------------------------------------------------------------------------------------- judge prompt
 # MT-Bench single-answer grading (judge gpt-4, temperature 0, max_tokens 2048), one dict per FastChat prompt
@@ -226,3 +241,158 @@ def mt_bench_summary(ratings: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "judged": len(every),
         "unparsed": unparsed,
     }
+
+
+# ------------------------------------------------------------------------ the benchmark, as evaluate runs it
+
+
+class MTBench(Config):
+    """MT-Bench (lm-sys/FastChat llm_judge): 80 two-turn questions in 8 categories."""
+
+    questions: InputPath = Field(
+        f"{SAMPLE_DIR}/mt_bench/question.jsonl",
+        description="FastChat question.jsonl; the default is the shipped excerpt (2 per category), "
+        "`moaa fetch-benchmarks` puts all 80 in data/benchmarks/.",
+    )
+    references: InputPath | None = Field(
+        f"{SAMPLE_DIR}/mt_bench/reference_answer_gpt-4.jsonl",
+        description="FastChat reference_answer/gpt-4.jsonl (math, reasoning, coding are graded against it); "
+        "null: the questions' own 'reference' fields.",
+    )
+    per_category: int | None = Field(
+        1, ge=1, description="Questions per category (file order); null: all 80 (10 per category)."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most tokens per answer (FastChat: 1024); null: each model's sampling.max_tokens.",
+    )
+    category_temperature: bool = Field(
+        True,
+        description="Answer with FastChat's temperature per category (0.7 writing/roleplay, 0.0 extraction/"
+        "math/coding/reasoning, 0.1 stem/humanities); false: each model's own temperature.",
+    )
+
+
+def _percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
+    low, high = np.percentile(values, [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)])
+    return float(low), float(high)
+
+
+class MTBenchBenchmark(Benchmark[MTBench]):
+    """Two turns per question, each graded alone (single-answer grading: no position to prefer)."""
+
+    name = "mt_bench"
+    config = MTBench
+    description = "MT-Bench; null: skip it."
+    judged = True
+    judge_prompts = (
+        json.dumps([MT_BENCH_SINGLE_V1, MT_BENCH_SINGLE_MATH_V1]),
+        json.dumps([MT_BENCH_SINGLE_V1_MULTI_TURN, MT_BENCH_SINGLE_MATH_V1_MULTI_TURN]),
+    )
+
+    def items(self, section: MTBench) -> list[dict[str, Any]]:
+        """The first ``per_category`` questions of each category, in file order; ``reference``: the
+        reference answers (FastChat's GPT-4 ones)."""
+        qs = read_file(mt_bench_questions, section.questions, "mt_bench.questions", section.references)
+        per_category = (
+            min(sum(q["category"] == c for q in qs) for c in {q["category"] for q in qs}) if qs else 0
+        )
+        check_enough(
+            "mt_bench.questions",
+            section.questions,
+            section.per_category,
+            per_category,
+            "questions per category",
+        )
+        taken: dict[str, int] = defaultdict(int)
+        items = []
+        for q in qs:
+            if section.per_category is not None and taken[q["category"]] >= section.per_category:
+                continue
+            taken[q["category"]] += 1
+            items.append(
+                {
+                    "question_id": str(q["question_id"]),
+                    "category": q["category"],
+                    "turns": q["turns"],
+                    "reference": q["reference"],
+                    "switched": False,
+                }
+            )
+        return items
+
+    def source(self, section: MTBench) -> str:
+        return section.questions
+
+    def answer_sampling(
+        self, section: MTBench, state: dict[str, Any], base: SamplingConfig
+    ) -> SamplingConfig:
+        """``max_tokens``, and FastChat's temperature per category."""
+        update: dict[str, Any] = {}
+        if section.max_tokens:
+            update["max_tokens"] = section.max_tokens
+        if section.category_temperature:
+            update["temperature"] = MT_BENCH_TEMPERATURE.get(state["category"], base.temperature)
+        return base.model_copy(update=update)
+
+    def judge_keys(self, state: dict[str, Any]) -> list[Key]:
+        """Every answered turn."""
+        return [(t, 0) for t in range(1, len(state["answers"]) + 1)]
+
+    def judge_messages(self, state: dict[str, Any], turn: int, game: int) -> Messages:
+        """``single-v1`` (``single-math-v1`` with the reference for NEED_REFERENCE), ``*-multi-turn`` for
+        turn 2."""
+        q, a, ref = state["turns"], state["answers"], state["reference"]
+        math_like = state["category"] in NEED_REFERENCE and bool(ref)
+        refs = {f"ref_answer_{i + 1}": r for i, r in enumerate(ref or [])} if math_like else {}
+        if turn == 1:
+            p = MT_BENCH_SINGLE_MATH_V1 if math_like else MT_BENCH_SINGLE_V1
+            user = p["template"].format(question=q[0], answer=a[0], **refs)
+        else:
+            p = MT_BENCH_SINGLE_MATH_V1_MULTI_TURN if math_like else MT_BENCH_SINGLE_V1_MULTI_TURN
+            user = p["template"].format(
+                question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **refs
+            )
+        return [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
+
+    def parse(self, c: Completion, switched: bool) -> Verdict:
+        """The rating (score = rating)."""
+        rating = parse_rating(c.text)
+        return (None, None, None) if rating is None else (f"{rating:g}", rating, "text")
+
+    def judge_format(self, max_chars: int) -> tuple[dict[str, Any], int]:
+        return explained(r"Rating: \[\[(10|[1-9])\]\]", max_chars)
+
+    def score(
+        self,
+        section: MTBench,
+        finals: list[dict[str, Any]],
+        answers: list[dict[str, Any]],
+        *,
+        model: str,
+        bootstrap: int,
+        ci: float,
+    ) -> dict[str, Any]:
+        """FastChat's show_result over the final ratings, with a bootstrap interval of the overall mean."""
+        ratings = [{"turn": j["turn"], "score": j["score"]} for j in finals]
+        s = mt_bench_summary(ratings)
+        judged = np.array([j["score"] for j in finals if j["score"] is not None], dtype=float)
+        lower = upper = None
+        if bootstrap > 0 and len(judged) > 1:
+            rng = np.random.default_rng(0)
+            means = judged[rng.integers(0, len(judged), size=(bootstrap, len(judged)))].mean(axis=1)
+            lower, upper = _percentile_interval(means, ci)
+        return {
+            "metric": "mt_bench_rating",
+            "score": s["overall"],
+            "lower": lower,
+            "upper": upper,
+            "standard_error": float(judged.std(ddof=1) / math.sqrt(len(judged))) if len(judged) > 1 else None,
+            "judged": s["judged"],
+            "unparsed": s["unparsed"],
+            "details": {"turn_1": s["turn_1"], "turn_2": s["turn_2"]},
+        }
+
+
+BENCHMARK = MTBenchBenchmark()

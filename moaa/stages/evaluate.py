@@ -1,4 +1,5 @@
-"""Evaluation: AlpacaEval 2, Arena-Hard and MT-Bench style scores for any set of models, with any judge.
+"""Evaluation: benchmark scores (MT-Bench, Arena-Hard, AlpacaEval 2: ``moaa.benchmarks.registry``) for any
+set of models, with any judge.
 
 Input: the benchmarks' own files (``moaa fetch-benchmarks`` puts them in ``data/benchmarks/``; a config names
 any path or URI) and a list of models: hub ids, local folders or models of this run (``run:train_sft``,
@@ -10,48 +11,35 @@ any path or URI) and a list of models: hub ids, local folders or models of this 
     manifest.json, summary.json
 
 How it runs (``moaa.engine.shards`` is the engine; a shard is one slice of one benchmark for one model): each
-model answers its rows (MT-Bench's second turn is a second pass that holds the model's own first answer),
-then the judge steps score what is answered. The judge is one engine (``judge.judges: [one model]``) or the
-MoA judge (several judges, then ``judge.aggregator`` reads their outputs and gives the final judgment), so
+model answers its rows, one pass per turn (a later turn holds the model's own earlier answers), then the judge
+steps score what is answered. The judge is one engine (``judge.judges: [one model]``) or the MoA judge
+(several judges, then ``judge.aggregator`` reads their outputs and gives the final judgment), so
 MoA-as-evaluator is measured exactly like a single judge. Judges that are our engines are constrained to the
 benchmark's output format (vLLM structured outputs), so that every verdict parses; ``constrained: false``
-lets a strong judge write freely, and unparsed verdicts are then counted (an Arena-Hard judgment without a
-label is first sent back once to be finished, as in v0.1).
+lets a strong judge write freely, and unparsed verdicts are then counted (a benchmark may send a free judgment
+without a verdict back once to be finished).
 
-What each benchmark does (the formulas are in ``moaa.benchmarks``, each read from its reference code):
-- ``mt_bench``: two turns per question, answer temperature per category (FastChat's ``temperature_config``),
-  each turn graded 1-10 with FastChat's ``single-v1`` prompts (``single-math-v1`` with the GPT-4 reference for
-  math, reasoning and coding), rating parsed from ``[[x]]`` then ``[x]``; mean per turn and overall.
-- ``arena_hard``: two games per question against the baseline's answer (baseline as A, then as B), verdicts
-  ``A>>B .. B>>A`` from ``[[...]]``, a strong verdict is 3 battles; score = the Bradley-Terry win rate
-  against the baseline with a bootstrap interval (``ci``), optionally with style control.
-- ``alpaca_eval``: each answer against the reference model's answer, judged with the ``alpaca_eval_clf``
-  prompt in a seeded random order; the preference comes from the judge's first-token logprobs of ``m`` and
-  ``M`` (weighted_alpaca_eval_gpt4_turbo), or from its choice when neither is among them; win rate (ties
-  0.5) with its standard error. The length-controlled win rate needs AlpacaEval's own GLM data (see
-  ``AlpacaEval.lc_data``); without it the result says "LC not computed" and why.
+Each benchmark is a module of ``moaa.benchmarks`` behind one interface (``moaa.benchmarks.base.Benchmark``):
+its config section, how its items are read and answered, its judge prompts, verdict parser and output format,
+its score; its module's docstring says what it does, each formula read from the benchmark's reference code.
+This module runs any of them and names none.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import posixpath
-import re
-import statistics
-import tempfile
 from collections import defaultdict
 from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
-from moaa.benchmarks.files import DEFAULT_DIR, SAMPLE_DIR, fetch_command
+from moaa.benchmarks import registry
+from moaa.benchmarks.base import Benchmark, BenchmarkFileError, Key, Messages
 from moaa.core import layout, schemas, stage, storage
-from moaa.core.config import Config, InputPath, UserError
+from moaa.core.config import Config
 from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work
 from moaa.embedded import is_embedded, smollm
 from moaa.engine import shards
@@ -60,83 +48,6 @@ from moaa.engine.vllm import EnginePool
 from moaa.judging import prompts
 
 NAME = "evaluate"
-BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
-Messages = list[dict[str, str]]
-Key = tuple[int, int]  # (turn, game) of one judgment; game 0 where a benchmark has one game per turn
-
-
-class MTBench(Config):
-    """MT-Bench (lm-sys/FastChat llm_judge): 80 two-turn questions in 8 categories."""
-
-    questions: InputPath = Field(
-        f"{SAMPLE_DIR}/mt_bench/question.jsonl",
-        description="FastChat question.jsonl; the default is the shipped excerpt (2 per category), "
-        "`moaa fetch-benchmarks` puts all 80 in data/benchmarks/.",
-    )
-    references: InputPath | None = Field(
-        f"{SAMPLE_DIR}/mt_bench/reference_answer_gpt-4.jsonl",
-        description="FastChat reference_answer/gpt-4.jsonl (math, reasoning, coding are graded against it); "
-        "null: the questions' own 'reference' fields.",
-    )
-    per_category: int | None = Field(
-        1, ge=1, description="Questions per category (file order); null: all 80 (10 per category)."
-    )
-    max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Most tokens per answer (FastChat: 1024); null: each model's sampling.max_tokens.",
-    )
-    category_temperature: bool = Field(
-        True,
-        description="Answer with FastChat's temperature per category (0.7 writing/roleplay, 0.0 extraction/"
-        "math/coding/reasoning, 0.1 stem/humanities); false: each model's own temperature.",
-    )
-
-
-class ArenaHard(Config):
-    """Arena-Hard v0.1 (lmarena/arena-hard-auto): 500 hard prompts judged against a baseline's answers."""
-
-    questions: InputPath = Field(
-        f"{SAMPLE_DIR}/arena_hard/question.jsonl",
-        description="question.jsonl; the default is the shipped excerpt (8 questions), "
-        "`moaa fetch-benchmarks` puts all 500 in data/benchmarks/.",
-    )
-    baseline_answers: InputPath = Field(
-        f"{SAMPLE_DIR}/arena_hard/model_answer_gpt-4-0314.jsonl",
-        description="The baseline's model_answer/<model>.jsonl.",
-    )
-    baseline: str = Field(arena_hard.ARENA_BASELINE, description="The baseline's name in the results.")
-    limit: int | None = Field(4, ge=1, description="First N questions; null: all 500.")
-    max_tokens: int | None = Field(
-        None, ge=1, description="Most tokens per answer (arena-hard-auto: 4096); null: the model's own."
-    )
-    temperature: float | None = Field(
-        0.0, ge=0, description="Answer temperature (arena-hard-auto: 0.0); null: each model's own."
-    )
-    style_control: bool = Field(
-        False,
-        description="Also fit length and markdown features in the Bradley-Terry model (arena-hard-auto "
-        "--control-features length markdown) and report that score as style_controlled_score.",
-    )
-
-
-class AlpacaEval(Config):
-    """AlpacaEval 2 (tatsu-lab/alpaca_eval): 805 instructions against a reference model's outputs."""
-
-    reference_outputs: InputPath = Field(
-        f"{SAMPLE_DIR}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
-        description="The reference model's model_outputs.json (AlpacaEval 2: gpt4_1106_preview); the "
-        "default is the shipped excerpt (16 instructions), `moaa fetch-benchmarks` puts all 805 in "
-        "data/benchmarks/.",
-    )
-    limit: int | None = Field(8, ge=1, description="First N instructions; null: all 805.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens per answer; null: the model's own.")
-    seed: int = Field(0, description="Seed of the per-instruction random order of the two outputs.")
-    lc_data: InputPath | None = Field(
-        None,
-        description="AlpacaEval's GLM data for the length-controlled win rate; null: LC is not computed "
-        "(the result says why).",
-    )
 
 
 class EvalJudge(Config):
@@ -189,20 +100,32 @@ def _default_models() -> list[ModelConfig]:
     return [base, base.model_copy(update={"model": "run:train_dpo", "name": None})]
 
 
-class EvaluateConfig(StageConfig):
-    """Benchmarks for a list of models. Defaults: the embedded SmolLM2 against this run's DPO model on a
-    slice of each benchmark, judged by SmolLM2 (the mechanics, not quality: a 135M judge is at chance)."""
+class _Models(StageConfig):
+    """The evaluate config's first keys: the models to evaluate."""
 
     models: list[ModelConfig] = Field(
         default_factory=_default_models,
         description="Models to evaluate: hub ids, folders, or models of this run (run:train_sft, "
         "run:train_dpo@1); their sampling is used except where a benchmark sets its own.",
     )
-    mt_bench: MTBench | None = Field(default_factory=MTBench, description="MT-Bench; null: skip it.")
-    arena_hard: ArenaHard | None = Field(default_factory=ArenaHard, description="Arena-Hard; null: skip it.")
-    alpaca_eval: AlpacaEval | None = Field(
-        default_factory=AlpacaEval, description="AlpacaEval 2; null: skip."
-    )
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        if not v:
+            raise ValueError("models must name at least one model to evaluate")
+        return v
+
+
+# Then one section per benchmark of the registry, under its name (``mt_bench: {...}``; null skips it), in the
+# registry's order: where the benchmarks' sections have always been among the keys (dumps, --help).
+_Sections = create_model("_Sections", __base__=_Models, __module__=__name__, **registry.config_fields())
+
+
+class EvaluateConfig(_Sections):  # type: ignore[misc,valid-type]
+    """Benchmarks for a list of models. Defaults: the embedded SmolLM2 against this run's DPO model on a
+    slice of each benchmark, judged by SmolLM2 (the mechanics, not quality: a 135M judge is at chance)."""
+
     judge: EvalJudge = Field(default_factory=EvalJudge, description="The evaluator (one judge or MoA judge).")
     bootstrap: int = Field(
         100, ge=0, description="Bootstrap resamples for the intervals (arena-hard-auto: 100)."
@@ -221,29 +144,25 @@ class EvaluateConfig(StageConfig):
 
     stage: ClassVar[str] = NAME
 
-    @field_validator("models")
-    @classmethod
-    def _some_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
-        if not v:
-            raise ValueError("models must name at least one model to evaluate")
-        return v
-
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
         if not self.benchmarks():
-            raise ValueError(
-                "every benchmark is null: keep at least one of mt_bench, arena_hard, alpaca_eval"
-            )
+            raise ValueError(f"every benchmark is null: keep at least one of {', '.join(registry.NAMES)}")
         names = [m.display_name for m in self.answer_models()]
-        others = {self.arena_hard.baseline} if self.arena_hard else set()
+        others = {n for b in self.benchmarks() for n in b.taken_names(self.section(b))}
         if len(set(names)) != len(names) or others & set(names):
             raise ValueError(
                 f"models need distinct display names, none equal to the baseline's (got {names}); set 'name'"
             )
         return self
 
-    def benchmarks(self) -> list[str]:
-        return [b for b in BENCHMARKS if getattr(self, b) is not None]
+    def benchmarks(self) -> list[Benchmark]:
+        """The benchmarks to run (those whose section is not null), in the registry's order."""
+        return [b for b in registry.BENCHMARKS if self.section(b) is not None]
+
+    def section(self, b: Benchmark) -> Any:
+        """``b``'s config section; None: skipped."""
+        return getattr(self, b.name)
 
     def answer_models(self) -> list[ModelConfig]:
         """The models to evaluate, ``run:`` references resolved (display name e.g. ``train_dpo-r1``)."""
@@ -253,21 +172,20 @@ class EvaluateConfig(StageConfig):
         return [*self.answer_models(), *self.judge.models()]
 
     def fingerprint_data(self) -> Any:
+        # Every benchmark's judge prompts, skipped ones too, in the order they were hashed before the registry
+        # (its reverse), so that the fingerprints of earlier runs still match and they resume.
         judge_prompts = [
-            alpaca_eval.ALPACA_EVAL_CLF,
-            arena_hard.ARENA_HARD_SYSTEM,
-            arena_hard.ARENA_HARD_TEMPLATE,
-            json.dumps([mt_bench.MT_BENCH_SINGLE_V1, mt_bench.MT_BENCH_SINGLE_MATH_V1]),
-            json.dumps([mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN, mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN]),
+            *(p for b in reversed(registry.BENCHMARKS) for p in b.judge_prompts),
             prompts.AGGREGATE_BENCHMARK_JUDGMENTS,
         ]
+        sections = {b.name: self.section(b) for b in registry.BENCHMARKS}
         data = {
             "models": [m.output_settings() for m in self.answer_models()],
             "judges": [m.output_settings() for m in self.judge.judges],
             "aggregator": self.judge.aggregator.output_settings() if self.judge.aggregator else None,
             "constrained": self.judge.constrained,
             "max_explanation_chars": self.judge.max_explanation_chars,
-            **{b: getattr(self, b).model_dump(mode="json") if getattr(self, b) else None for b in BENCHMARKS},
+            **{name: s.model_dump(mode="json") if s else None for name, s in sections.items()},
             "rows_per_shard": self.rows_per_shard,
             "prompts": hashlib.sha256("".join(judge_prompts).encode()).hexdigest(),
         }
@@ -277,127 +195,9 @@ class EvaluateConfig(StageConfig):
 # ------------------------------------------------------------------------------------ benchmark items
 
 
-class BenchmarkFileError(UserError, ValueError):
-    """A benchmark file that is missing or not in its published layout; the message names it and the fix."""
-
-
-def _local_copy(path: str) -> str:
-    """A local path for a local file; a URI's (small) file copied next to the driver (the readers take
-    local files)."""
-    if not storage.is_uri(path):
-        return path
-    fs, p = storage.resolve(path)
-    with (
-        fs.open_input_stream(p) as f,
-        tempfile.NamedTemporaryFile(delete=False, suffix=posixpath.basename(p)) as t,
-    ):
-        t.write(f.read())
-    return t.name
-
-
-def _read(reader, path: str, key: str, *args: Any):
-    """Run a ``moaa.benchmarks`` reader on a local path or a URI, turning failures into messages that name
-    the setting and the fix."""
-    if not storage.exists(path):
-        raise BenchmarkFileError(
-            f"{key}: benchmark file {path} not found: `{fetch_command(path)}` fetches the published files "
-            f"(pinned, sha256-checked; --from <folder> copies them from a mirror), or set {key}=<path or "
-            f"URI>; {key.split('.')[0]}=null skips that benchmark"
-        )
-    try:
-        return reader(_local_copy(path), *args)
-    except (ValueError, KeyError, TypeError) as e:
-        raise BenchmarkFileError(
-            f"{key}: {e} (expected the published layout, see moaa/benchmarks/)"
-        ) from None
-
-
-def _enough(key: str, path: str, asked: int | None, got: int, unit: str) -> None:
-    """A selection larger than its file is an error rather than a silently smaller benchmark; the shipped
-    excerpt holds a few questions, and the message says how to get the published files instead."""
-    rel = path.replace("\\", "/")
-    excerpt = f"{SAMPLE_DIR}/" in rel or rel.startswith(f"{SAMPLE_DIR}/")
-    if got >= (asked or 0) and not (asked is None and excerpt):
-        return
-    wanted = "all of them" if asked is None else f"{asked} asked"
-    if excerpt:
-        full = f"{DEFAULT_DIR}/{rel.split(SAMPLE_DIR + '/', 1)[-1]}"
-        fix = (
-            "it is the shipped excerpt: `moaa fetch-benchmarks` puts the published files in "
-            f"{DEFAULT_DIR}/, then set {key}={full}"
-        )
-    else:
-        fix = "ask for fewer"
-    raise BenchmarkFileError(f"{key}: {path} holds {got} {unit}, {wanted}: {fix}")
-
-
-def alpaca_switched(instruction: str, seed: int) -> bool:
-    """Whether the model's output is shown first (as "m"): AlpacaEval randomizes the order per instruction
-    with a seeded draw, so that a judge's position bias spreads over both sides."""
-    return hashlib.sha256(f"{seed}\0{instruction}".encode()).digest()[0] % 2 == 1
-
-
 def benchmark_items(cfg: EvaluateConfig) -> dict[str, list[dict[str, Any]]]:
-    """Every benchmark's questions, read and checked in the driver: ``{question_id, category, turns,
-    reference, switched}`` (``reference``: MT-Bench's reference answers, Arena-Hard's baseline answer,
-    AlpacaEval's reference output)."""
-    items: dict[str, list[dict[str, Any]]] = {}
-    if (mt := cfg.mt_bench) is not None:
-        qs = _read(mt_bench.mt_bench_questions, mt.questions, "mt_bench.questions", mt.references)
-        per_category = (
-            min(sum(q["category"] == c for q in qs) for c in {q["category"] for q in qs}) if qs else 0
-        )
-        _enough("mt_bench.questions", mt.questions, mt.per_category, per_category, "questions per category")
-        taken: dict[str, int] = defaultdict(int)
-        items["mt_bench"] = []
-        for q in qs:
-            if mt.per_category is not None and taken[q["category"]] >= mt.per_category:
-                continue
-            taken[q["category"]] += 1
-            items["mt_bench"].append(
-                {
-                    "question_id": str(q["question_id"]),
-                    "category": q["category"],
-                    "turns": q["turns"],
-                    "reference": q["reference"],
-                    "switched": False,
-                }
-            )
-    if (ah := cfg.arena_hard) is not None:
-        qs = _read(arena_hard.arena_hard_questions, ah.questions, "arena_hard.questions")
-        base = _read(arena_hard.arena_hard_answers, ah.baseline_answers, "arena_hard.baseline_answers")
-        _enough("arena_hard.questions", ah.questions, ah.limit, len(qs), "questions")
-        qs = qs[: ah.limit] if ah.limit else qs
-        missing = [q["uid"] for q in qs if q["uid"] not in base]
-        if missing:
-            raise BenchmarkFileError(
-                f"arena_hard.baseline_answers: {ah.baseline_answers} has no answer for {len(missing)} "
-                f"question(s), e.g. uid {missing[0]!r}: use the answers file of the same Arena-Hard version"
-            )
-        items["arena_hard"] = [
-            {
-                "question_id": q["uid"],
-                "category": q["cluster"],
-                "turns": [q["prompt"]],
-                "reference": [base[q["uid"]]],
-                "switched": False,
-            }
-            for q in qs
-        ]
-    if (ae := cfg.alpaca_eval) is not None:
-        outs = _read(alpaca_eval.alpaca_eval_outputs, ae.reference_outputs, "alpaca_eval.reference_outputs")
-        _enough("alpaca_eval.reference_outputs", ae.reference_outputs, ae.limit, len(outs), "instructions")
-        outs = outs[: ae.limit] if ae.limit else outs
-        items["alpaca_eval"] = [
-            {
-                "question_id": f"{i:04d}",
-                "category": o["dataset"],
-                "turns": [o["instruction"]],
-                "reference": [o["output"]],
-                "switched": alpaca_switched(o["instruction"], ae.seed),
-            }
-            for i, o in enumerate(outs)
-        ]
+    """Every benchmark's items (``moaa.benchmarks.base``), read and checked in the driver, by benchmark."""
+    items = {b.name: b.items(cfg.section(b)) for b in cfg.benchmarks()}
     for b, rows in items.items():
         if not rows:
             raise BenchmarkFileError(f"{b}: no questions selected (check its file and limit)")
@@ -426,7 +226,7 @@ def state_from_answers(row: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """A row of the answers table as a state ready for judging (no judgments yet): judge existing answers
     again with another judge (bench/evaluate_throughput.py does)."""
     item = {k: row[k] for k in ("question_id", "category", "turns", "reference")}
-    switched = row["benchmark"] == "alpaca_eval" and alpaca_switched(row["turns"][0], seed)
+    switched = registry.get(row["benchmark"]).order_switched(row["turns"][0], seed)
     state = init_state({**item, "switched": switched}, row["benchmark"], row["model"], "")
     meta = zip(row["finish_reasons"], row["prompt_tokens"], row["completion_tokens"])
     state["answers"] = list(row["answers"])
@@ -478,90 +278,28 @@ def apply_answer(state: dict[str, Any], c: Completion, messages: Messages, *, mo
     )
 
 
-def answer_sampling(state: dict[str, Any], *, base: SamplingConfig, rules: dict[str, dict[str, Any]]):
-    """A row's answer sampling: the model's own, with the benchmark's max_tokens and temperature (MT-Bench:
-    FastChat's temperature per category)."""
-    rule = rules[state["benchmark"]]
-    update: dict[str, Any] = {}
-    if rule.get("max_tokens"):
-        update["max_tokens"] = rule["max_tokens"]
-    if rule.get("category_temperature"):
-        update["temperature"] = mt_bench.MT_BENCH_TEMPERATURE.get(state["category"], base.temperature)
-    if rule.get("temperature") is not None:
-        update["temperature"] = rule["temperature"]
-    return base.model_copy(update=update)
+def answer_sampling(
+    state: dict[str, Any], *, base: SamplingConfig, sections: dict[str, Any]
+) -> SamplingConfig:
+    """A row's answer sampling: the model's own, with its benchmark's rules (``sections``: the config
+    section of each benchmark, by name)."""
+    name = state["benchmark"]
+    return registry.get(name).answer_sampling(sections[name], state, base)
 
 
 # -------------------------------------------------------------------------------- row functions: judge
 
 
 def judge_keys(state: dict[str, Any]) -> list[Key]:
-    """The judgments a row needs now: every answered MT-Bench turn; Arena-Hard's two games; AlpacaEval's
-    one comparison."""
+    """The judgments a row needs now (none before it is answered, or after an answer failed)."""
     if state["error"] is not None or not state["answers"]:
         return []
-    if state["benchmark"] == "mt_bench":
-        return [(t, 0) for t in range(1, len(state["answers"]) + 1)]
-    if state["benchmark"] == "arena_hard":
-        return [(1, 1), (1, 2)]
-    return [(1, 0)]
-
-
-def shown_first(state: dict[str, Any], game: int) -> str | None:
-    """Whose answer the judge reads first: Arena-Hard game 1 shows the baseline as A, game 2 the model;
-    AlpacaEval shows the reference as "m" unless the row's order is switched."""
-    if state["benchmark"] == "arena_hard":
-        return "reference" if game == 1 else "model"
-    if state["benchmark"] == "alpaca_eval":
-        return "model" if state["switched"] else "reference"
-    return None
-
-
-def _chatml(text: str) -> Messages:
-    """Messages of a ChatML text (AlpacaEval's prompt files are ChatML, system turn included)."""
-    found = re.findall(r"<\|im_start\|>(system|user|assistant)\n(.*?)\n?<\|im_end\|>", text, re.S)
-    return [{"role": role, "content": content} for role, content in found]
-
-
-ALPACA_MESSAGES = _chatml(alpaca_eval.ALPACA_EVAL_CLF)
+    return registry.get(state["benchmark"]).judge_keys(state)
 
 
 def judge_messages(state: dict[str, Any], turn: int, game: int) -> Messages:
     """The benchmark's own judge prompt for one judgment."""
-    b, q, a, ref = state["benchmark"], state["turns"], state["answers"], state["reference"]
-    if b == "mt_bench":
-        math_like = state["category"] in mt_bench.NEED_REFERENCE and bool(ref)
-        refs = {f"ref_answer_{i + 1}": r for i, r in enumerate(ref or [])} if math_like else {}
-        if turn == 1:
-            p = mt_bench.MT_BENCH_SINGLE_MATH_V1 if math_like else mt_bench.MT_BENCH_SINGLE_V1
-            user = p["template"].format(question=q[0], answer=a[0], **refs)
-        else:
-            p = (
-                mt_bench.MT_BENCH_SINGLE_MATH_V1_MULTI_TURN
-                if math_like
-                else mt_bench.MT_BENCH_SINGLE_V1_MULTI_TURN
-            )
-            user = p["template"].format(
-                question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **refs
-            )
-        return [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
-    if b == "arena_hard":
-        first, second = (ref[0], a[0]) if game == 1 else (a[0], ref[0])
-        user = arena_hard.ARENA_HARD_TEMPLATE.format(question_1=q[0], answer_1=first, answer_2=second)
-        return [
-            {"role": "system", "content": arena_hard.ARENA_HARD_SYSTEM},
-            {"role": "user", "content": user},
-        ]
-    out_1, out_2 = (a[0], ref[0]) if state["switched"] else (ref[0], a[0])
-    # str.replace, as alpaca_eval fills its templates: the braces around the placeholders are literal.
-    fill = {"{instruction}": q[0], "{output_1}": out_1, "{output_2}": out_2}
-    messages = []
-    for m in ALPACA_MESSAGES:
-        content = m["content"]
-        for k, v in fill.items():
-            content = content.replace(k, v)
-        messages.append({"role": m["role"], "content": content})
-    return messages
+    return registry.get(state["benchmark"]).judge_messages(state, turn, game)
 
 
 def _done(state: dict[str, Any], who: str, role: str) -> set[Key]:
@@ -599,27 +337,8 @@ def build_judge(state: dict[str, Any], *, benchmark: str, who: str, role: str, j
     return [judge_messages(state, t, g) for t, g in keys]
 
 
-def parse_judgment(
-    benchmark: str, c: Completion, switched: bool
-) -> tuple[str | None, float | None, str | None]:
-    """(verdict, score, score_from) of one judge output: MT-Bench the rating (score = rating); Arena-Hard the
-    label; AlpacaEval the choice m/M and the preference in [1, 2] (2 = the model preferred) from the
-    first-token logprobs, else from the choice."""
-    text = c.text
-    if benchmark == "mt_bench":
-        rating = mt_bench.parse_rating(text)
-        return (None, None, None) if rating is None else (f"{rating:g}", rating, "text")
-    if benchmark == "arena_hard":
-        return arena_hard.parse_arena_verdict(text), None, None
-    choice = text.strip() if text.strip() in ("m", "M") else None
-    pref = alpaca_eval.alpaca_preference(c.first_logprobs, switched) if c.first_logprobs else None
-    if pref is not None:
-        return choice, pref, "logprobs"
-    if choice is None:
-        return None, None, None
-    # "m" names output_1: the reference, or the model when the order is switched.
-    raw = 1.0 if choice == "m" else 2.0
-    return choice, (3.0 - raw if switched else raw), "choice"
+def _role_key(role: str, who: str) -> str:
+    return f"{'aggregate' if role == 'aggregator' else 'judge'}/{who}"
 
 
 def apply_judge(
@@ -632,11 +351,12 @@ def apply_judge(
     role: str,
     judges: list[str],
 ) -> None:
+    bench = registry.get(benchmark)
     for (turn, game), c in zip(pending(state, who, role, judges), cs):
         verdict = score = score_from = None
         if c.error is None:
-            _count(state, f"{'aggregate' if role == 'aggregator' else 'judge'}/{who}", c)
-            verdict, score, score_from = parse_judgment(benchmark, c, state["switched"])
+            _count(state, _role_key(role, who), c)
+            verdict, score, score_from = bench.parse(c, state["switched"])
         state["judgments"].append(
             {
                 "turn": turn,
@@ -647,7 +367,7 @@ def apply_judge(
                 "verdict": verdict,
                 "score": score,
                 "score_from": score_from,
-                "shown_first": shown_first(state, game),
+                "shown_first": bench.shown_first(state, game),
                 "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens[0] if c.completion_tokens else 0,
                 "attempts": 1,
@@ -657,8 +377,8 @@ def apply_judge(
 
 
 def _unfinished(state: dict[str, Any], who: str, role: str) -> list[dict[str, Any]]:
-    """Arena-Hard judgments of ``who`` with no verdict label at all, not yet sent back: v0.1 sends those back
-    once (number_of_judgment_attempts: 2). Two different labels are not sent back (inconsistent, as v0.1)."""
+    """Judgments of ``who`` that the benchmark sends back once (``Benchmark.unfinished``), not yet sent."""
+    bench = registry.get(state["benchmark"])
     return [
         j
         for j in state["judgments"]
@@ -666,13 +386,13 @@ def _unfinished(state: dict[str, Any], who: str, role: str) -> list[dict[str, An
         and j["role"] == role
         and j["error"] is None
         and j["attempts"] == 1
-        and not [m for m in arena_hard.ARENA_VERDICT_PATTERN.findall(j["raw"]) if m]
+        and bench.unfinished(j["raw"])
     ]
 
 
 def build_continuation(state: dict[str, Any], *, benchmark: str, who: str, role: str, judges: list[str]):
-    """Arena-Hard v0.1's second attempt: the same conversation, the judge's first reply, then
-    ``arena_hard.ARENA_HARD_CONTINUE``."""
+    """The second attempt: the same conversation, the judge's first reply, then the benchmark's
+    ``continuation``."""
     if state["benchmark"] != benchmark:
         return None
     convs = []
@@ -685,7 +405,7 @@ def build_continuation(state: dict[str, Any], *, benchmark: str, who: str, role:
             [
                 *first,
                 {"role": "assistant", "content": j["raw"]},
-                {"role": "user", "content": arena_hard.ARENA_HARD_CONTINUE},
+                {"role": "user", "content": registry.get(benchmark).continuation},
             ]
         )
     return convs
@@ -701,38 +421,27 @@ def apply_continuation(
     role: str,
     judges: list[str],
 ) -> None:
-    """The two replies are parsed together, as v0.1 does (its judgment is their concatenation)."""
+    """The two replies are parsed together (Arena-Hard v0.1's judgment is their concatenation)."""
     for j, c in zip(_unfinished(state, who, role), cs):
         j["attempts"] = 2
         if c.error is not None:
             j["error"] = f"continuation: {c.error}"
             continue
-        _count(state, f"{'aggregate' if role == 'aggregator' else 'judge'}/{who}", c)
+        _count(state, _role_key(role, who), c)
         j["raw"] = f"{j['raw']}\n{c.texts[0]}"
-        j["verdict"] = arena_hard.parse_arena_verdict(j["raw"])
+        j["verdict"], j["score"], j["score_from"] = registry.get(benchmark).parse(
+            Completion(texts=[j["raw"]]), state["switched"]
+        )
         j["prompt_tokens"] += c.prompt_tokens
         j["completion_tokens"] += c.completion_tokens[0] if c.completion_tokens else 0
 
 
-def judge_format(benchmark: str, max_chars: int) -> tuple[dict[str, Any], int]:
-    """(vLLM structured-output constraint, max_tokens) of a constrained judge: a bounded explanation
-    without brackets, then the benchmark's own verdict syntax (so the parsers always find it)."""
-    if benchmark == "alpaca_eval":
-        return {"choice": ["m", "M"]}, 1
-    tail = r"Rating: \[\[(10|[1-9])\]\]" if benchmark == "mt_bench" else r"\[\[(A>>B|A>B|A=B|B>A|B>>A)\]\]"
-    # A character is at most 4 tokens (byte-level BPE on 4-byte UTF-8), plus the fixed text.
-    return {"regex": r"[^\[\]]{0," + str(max_chars) + "}" + tail}, 4 * max_chars + 32
-
-
-# AlpacaEval's judge reads the first token's top logprobs (weighted_alpaca_eval_gpt4_turbo asks for 5; vLLM
-# gives up to 20 by default, and more of them makes it likelier that both "m" and "M" are there).
-ALPACA_TOP_LOGPROBS = 20
-
-
-def build_pipeline(ds, turn: int, pools: dict[str, EnginePool], cfg: EvaluateConfig, benches: list[str]):
+def build_pipeline(
+    ds, turn: int, pools: dict[str, EnginePool], cfg: EvaluateConfig, benches: list[Benchmark]
+):
     """One pass: every model answers its rows' turn ``turn``, then every judge (and the aggregator) judges
     what is answered and not yet judged, one step per judge and benchmark (each has its own format)."""
-    rules = {b: getattr(cfg, b).model_dump() for b in benches}
+    sections = {b.name: cfg.section(b) for b in benches}
     for m in cfg.answer_models():
         name = m.display_name
         ds = shards.engine_stage(
@@ -741,23 +450,25 @@ def build_pipeline(ds, turn: int, pools: dict[str, EnginePool], cfg: EvaluateCon
             m,
             partial(build_answer, model=name, turn=turn),
             partial(apply_answer, model=name),
-            sampling_of=partial(answer_sampling, base=m.sampling, rules=rules),
+            sampling_of=partial(answer_sampling, base=m.sampling, sections=sections),
         )
     return judge_steps(ds, pools, cfg.judge, benches)
 
 
-def judge_steps(ds, pools: dict[str, EnginePool], jc: EvalJudge, benches: list[str]):
-    """The judge steps: every judge, then the aggregator (MoA judge), one step per benchmark, each
+def judge_steps(ds, pools: dict[str, EnginePool], jc: EvalJudge, benches: list[Benchmark]):
+    """The judge steps: every judge, then the aggregator (MoA judge), one step per judged benchmark, each
     constrained to that benchmark's format."""
     names = [m.display_name for m in jc.judges]
     steps = [(m, "judge") for m in jc.judges] + ([(jc.aggregator, "aggregator")] if jc.aggregator else [])
     for m, role in steps:
         for b in benches:
-            kw = {"benchmark": b, "who": m.display_name, "role": role, "judges": names}
-            structured, max_tokens = judge_format(b, jc.max_explanation_chars)
-            if not jc.constrained:
-                structured = {"choice": ["m", "M"]} if b == "alpaca_eval" else None
-                max_tokens = 1 if b == "alpaca_eval" else m.sampling.max_tokens
+            if not b.judged:
+                continue
+            kw = {"benchmark": b.name, "who": m.display_name, "role": role, "judges": names}
+            if jc.constrained:
+                structured, max_tokens = b.judge_format(jc.max_explanation_chars)
+            else:
+                structured, max_tokens = b.free_format(m.sampling.max_tokens)
             ds = shards.engine_stage(
                 ds,
                 pools,
@@ -767,9 +478,9 @@ def judge_steps(ds, pools: dict[str, EnginePool], jc: EvalJudge, benches: list[s
                 multi=True,
                 structured=structured,
                 sampling=m.sampling.model_copy(update={"max_tokens": max_tokens}),
-                logprobs=ALPACA_TOP_LOGPROBS if b == "alpaca_eval" else None,
+                logprobs=b.judge_logprobs,
             )
-            if b == "arena_hard" and not jc.constrained:  # a constrained judge always writes its label
+            if b.continuation is not None and not jc.constrained:  # a constrained judge always finishes
                 ds = shards.engine_stage(
                     ds,
                     pools,
@@ -837,191 +548,6 @@ def commit(name: str, states: list[dict[str, Any]], final_role: str, provenance:
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
-    low, high = np.percentile(values, [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)])
-    return float(low), float(high)
-
-
-def score_mt_bench(finals: list[dict[str, Any]], bootstrap: int, ci: float, seed: int = 0) -> dict[str, Any]:
-    """FastChat's show_result over the final ratings, with a bootstrap interval of the overall mean."""
-    ratings = [{"turn": j["turn"], "score": j["score"]} for j in finals]
-    s = mt_bench.mt_bench_summary(ratings)
-    judged = np.array([j["score"] for j in finals if j["score"] is not None], dtype=float)
-    lower = upper = None
-    if bootstrap > 0 and len(judged) > 1:
-        rng = np.random.default_rng(seed)
-        means = judged[rng.integers(0, len(judged), size=(bootstrap, len(judged)))].mean(axis=1)
-        lower, upper = _percentile_interval(means, ci)
-    return {
-        "metric": "mt_bench_rating",
-        "score": s["overall"],
-        "lower": lower,
-        "upper": upper,
-        "standard_error": float(judged.std(ddof=1) / math.sqrt(len(judged))) if len(judged) > 1 else None,
-        "judged": s["judged"],
-        "unparsed": s["unparsed"],
-        "details": {"turn_1": s["turn_1"], "turn_2": s["turn_2"]},
-    }
-
-
-def _winner(benchmark: str, j: dict[str, Any]) -> str | None:
-    """'model', 'reference' or 'tie' for a parsed final judgment (None: no verdict)."""
-    if benchmark == "alpaca_eval":
-        if j["score"] is None:
-            return None
-        return "model" if j["score"] > 1.5 else "reference" if j["score"] < 1.5 else "tie"
-    v = j["verdict"]
-    if v is None:
-        return None
-    if v == "A=B":
-        return "tie"
-    first = j["shown_first"]
-    other = "model" if first == "reference" else "reference"
-    return first if v.startswith("A") else other
-
-
-def position_stats(benchmark: str, finals: list[dict[str, Any]]) -> dict[str, float | None]:
-    """``first_position_rate``: of the decisive final judgments, the share won by the answer shown first (0.5
-    for a judge without position bias, since the order is balanced or random); ``position_consistency``
-    (Arena-Hard): of the questions with both games parsed, the share whose two games name the same winner."""
-    if benchmark == "mt_bench":  # one answer graded at a time: no position to prefer
-        return {"first_position_rate": None, "position_consistency": None}
-    decided = [(j, w) for j in finals if (w := _winner(benchmark, j)) in ("model", "reference")]
-    first = sum(w == j["shown_first"] for j, w in decided)
-    out: dict[str, float | None] = {"first_position_rate": first / len(decided) if decided else None}
-    if benchmark == "arena_hard":
-        games: dict[str, dict[int, str | None]] = defaultdict(dict)
-        for j in finals:
-            games[j["question_id"]][j["game"]] = _winner(benchmark, j)
-        both = [g for g in games.values() if g.get(1) is not None and g.get(2) is not None]
-        out["position_consistency"] = sum(g[1] == g[2] for g in both) / len(both) if both else None
-    else:
-        out["position_consistency"] = None
-    return out
-
-
-def score_arena(
-    finals: list[dict[str, Any]],
-    answers: list[dict[str, Any]],
-    model: str,
-    cfg: ArenaHard,
-    bootstrap: int,
-    ci: float,
-) -> dict[str, Any]:
-    """Battles from the final verdicts (as show_result.py), Bradley-Terry win rate against the baseline with a
-    bootstrap interval; with style control, the same fit with length and markdown features."""
-    games = [
-        {"uid": j["question_id"], "model": model, "game": j["game"], "verdict": j["verdict"]} for j in finals
-    ]
-    rows = arena_hard.battles(games, baseline=cfg.baseline)
-    out: dict[str, Any] = {
-        "metric": "arena_hard_score",
-        "score": None,
-        "lower": None,
-        "upper": None,
-        "standard_error": None,
-        "judged": sum(j["verdict"] is not None for j in finals),
-        "unparsed": sum(j["verdict"] is None for j in finals),
-        "details": {"battles": len(rows)},
-    }
-    if not rows:
-        out["note"] = "no parsed verdicts: no battles to score"
-        return out
-    r = arena_hard.arena_score(rows, baseline=cfg.baseline, bootstrap=bootstrap, ci=ci, model=model)
-    out.update(score=r["score"], lower=r["lower"], upper=r["upper"])
-    if cfg.style_control:
-        # token_len in whitespace words for both sides (arena-hard-auto counts gpt-4o tokens): the length
-        # feature is the ratio (a - b) / (a + b), so any unit used for both answers serves.
-        style: dict[str, dict[str, Any]] = {model: {}, cfg.baseline: {}}
-        for a in answers:
-            if a["answers"]:
-                style[model][a["question_id"]] = arena_hard.style_features(
-                    a["answers"][0], len(a["answers"][0].split())
-                )
-                ref = a["reference"][0]
-                style[cfg.baseline][a["question_id"]] = arena_hard.style_features(ref, len(ref.split()))
-        try:
-            sc = arena_hard.arena_score(
-                rows, baseline=cfg.baseline, bootstrap=bootstrap, ci=ci, model=model, style=style
-            )
-            out["details"].update(
-                style_controlled_score=sc["score"],
-                style_controlled_lower=sc["lower"],
-                style_controlled_upper=sc["upper"],
-                style_coefficients=sc["style_coefficients"],
-            )
-        except ValueError as e:  # e.g. a single battle: no variance to fit the style on
-            out["details"]["style_control"] = f"not fitted: {e}"
-    return out
-
-
-def score_alpaca(
-    finals: list[dict[str, Any]], answers: list[dict[str, Any]], cfg: AlpacaEval, ci: float
-) -> dict[str, Any]:
-    """AlpacaEval's win rate and standard error over the final preferences; LC only with its GLM data."""
-    w = alpaca_eval.alpaca_win_rate([j["score"] for j in finals])
-    se = w["standard_error"]
-    z = statistics.NormalDist().inv_cdf((1.0 + ci) / 2.0)
-    ok = w["n_total"] > 0
-    out: dict[str, Any] = {
-        "metric": "alpaca_eval_win_rate",
-        "score": w["win_rate"] if ok else None,
-        "lower": w["win_rate"] - z * se if ok and not math.isnan(se) else None,
-        "upper": w["win_rate"] + z * se if ok and not math.isnan(se) else None,
-        "standard_error": None if math.isnan(se) else se,
-        "judged": w["n_total"],
-        "unparsed": sum(j["score"] is None for j in finals),
-        "details": {
-            "n_wins": w["n_wins"],
-            "n_wins_base": w["n_wins_base"],
-            "n_draws": w["n_draws"],
-            "discrete_win_rate": w["discrete_win_rate"] if ok else None,
-            "preference_from_logprobs": sum(j["score_from"] == "logprobs" for j in finals),
-        },
-        "lc_win_rate": None,
-        "note": alpaca_eval.LC_NOT_COMPUTED,
-    }
-    if cfg.lc_data is not None and answers:
-        lc = alpaca_lc(finals, answers, cfg)
-        out["lc_win_rate"] = lc.pop("lc_win_rate")
-        out["note"] = (
-            None
-            if cfg.limit is None
-            else f"LC on the first {len(answers)} instructions of 805: not comparable with the leaderboard"
-        )
-        out["details"].update(lc)
-    return out
-
-
-def alpaca_lc(finals: list[dict[str, Any]], answers: list[dict[str, Any]], cfg: AlpacaEval) -> dict[str, Any]:
-    """AlpacaEval's length-controlled win rate (``alpaca_eval.alpaca_lc_win_rate``) over this model's rows, in
-    the reference file's order: its GLM matches each row to its instruction's difficulty by position."""
-    pref = {j["question_id"]: j["score"] for j in finals}
-    rows = sorted(answers, key=lambda a: a["question_id"])
-    annotations = [
-        {
-            "instruction": a["turns"][0],
-            "output_1": a["reference"][0],
-            "output_2": a["answers"][0] if a["answers"] else "",
-            "preference": pref.get(a["question_id"]),
-        }
-        for a in rows
-    ]
-    outs = _read(alpaca_eval.alpaca_eval_outputs, cfg.reference_outputs, "alpaca_eval.reference_outputs")
-    try:
-        r = alpaca_eval.alpaca_lc_win_rate(
-            annotations, _local_copy(cfg.lc_data), eval_set_instructions=[o["instruction"] for o in outs]
-        )
-    except ValueError as e:
-        raise BenchmarkFileError(f"alpaca_eval.lc_data: {e}") from None
-    return {
-        "lc_win_rate": r["length_controlled_winrate"],
-        "lc_standard_error": r["lc_standard_error"],
-        "lc_glm_weights": r["glm_weights"],
-        "lc_instructions": len(annotations),
-    }
-
-
 def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: list[dict[str, Any]]):
     """One results row per model and benchmark."""
     by_answers: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -1049,15 +575,13 @@ def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: 
     caveat = judge_caveat(cfg)
     rows = []
     for m in cfg.answer_models():
-        for b in cfg.benchmarks():
+        for bench in cfg.benchmarks():
+            b = bench.name
             key = (m.display_name, b)
             ans, finals = by_answers[key], by_finals[key]
-            if b == "mt_bench":
-                r = score_mt_bench(finals, cfg.bootstrap, cfg.ci)
-            elif b == "arena_hard":
-                r = score_arena(finals, ans, m.display_name, cfg.arena_hard, cfg.bootstrap, cfg.ci)
-            else:
-                r = score_alpaca(finals, ans, cfg.alpaca_eval, cfg.ci)
+            r = bench.score(
+                cfg.section(bench), finals, ans, model=m.display_name, bootstrap=cfg.bootstrap, ci=cfg.ci
+            )
             answer_tokens = {
                 f"answer/{m.display_name}": {
                     "prompt_tokens": sum(sum(a["prompt_tokens"]) for a in ans),
@@ -1068,7 +592,8 @@ def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: 
             judge_tokens = by_judge_tokens[key]
             _, usd = stage.priced({**answer_tokens, **judge_tokens}, cfg.prices)
             finals_n = len(finals)
-            note = "; ".join(n for n in (r.get("note"), caveat) if n) or None
+            # the judge's caveat on the rows it judged (a benchmark scored by code has no judge)
+            note = "; ".join(n for n in (r.get("note"), caveat if bench.judged else None) if n) or None
             rows.append(
                 {
                     "model": m.display_name,
@@ -1085,7 +610,7 @@ def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: 
                     "unparsed": r["unparsed"],
                     "judge_errors": errors[key],
                     "parse_rate": (finals_n - r["unparsed"]) / finals_n if finals_n else None,
-                    **position_stats(b, finals),
+                    **bench.position_stats(finals),
                     "lc_win_rate": r.get("lc_win_rate"),
                     "answer_tokens": sum(t["completion_tokens"] for t in answer_tokens.values()),
                     "judge_tokens": sum(
@@ -1120,20 +645,9 @@ def plan(cfg: EvaluateConfig) -> list[shards.Shard]:
     """Shards of ``rows_per_shard`` questions per model and benchmark; the benchmark files are read and
     checked here, before anything is written or started."""
     items = benchmark_items(cfg)
-    if (
-        cfg.alpaca_eval is not None
-        and cfg.alpaca_eval.lc_data
-        and not storage.exists(cfg.alpaca_eval.lc_data)
-    ):
-        raise BenchmarkFileError(
-            f"alpaca_eval.lc_data: {cfg.alpaca_eval.lc_data} not found: give the df_gamed.csv of the "
-            "tatsu-lab/alpaca_eval dataset on the Hugging Face Hub, or lc_data=null (LC not computed)"
-        )
-    sources = {
-        "mt_bench": cfg.mt_bench.questions if cfg.mt_bench else "",
-        "arena_hard": cfg.arena_hard.questions if cfg.arena_hard else "",
-        "alpaca_eval": cfg.alpaca_eval.reference_outputs if cfg.alpaca_eval else "",
-    }
+    for b in cfg.benchmarks():
+        b.check_files(cfg.section(b))
+    sources = {b.name: b.source(cfg.section(b)) for b in cfg.benchmarks()}
     planned = []
     for m in cfg.answer_models():
         for b, rows in items.items():

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from moaa.benchmarks import registry as benchmark_registry
 from moaa.core import layout, manifests, stage, storage
 from moaa.core.config import Config
 from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work
@@ -99,8 +100,9 @@ def _train_dpo() -> train.TrainDPOConfig:
 
 
 def _evaluate() -> evaluate.EvaluateConfig:
-    return evaluate.EvaluateConfig(
-        arena_hard=evaluate.ArenaHard(limit=2), alpaca_eval=evaluate.AlpacaEval(limit=4)
+    # Every round evaluates: each benchmark's slice for the pipeline (``Benchmark.pipeline_slice``).
+    return evaluate.EvaluateConfig.model_validate(
+        {b.name: b.pipeline_slice for b in benchmark_registry.BENCHMARKS if b.pipeline_slice}
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from moaa.benchmarks import registry as benchmark_registry
 from moaa.core import layout, manifests, storage
 from moaa.core.config import Config, OutputPath, UserError, absolute
 from moaa.core.stage import Summary, num, pct
@@ -45,7 +46,7 @@ MAX_CHARS = 600  # longest example text shown before it is cut
 EXAMPLES = 3  # examples per stage and round
 Z95 = 1.959964
 ROUND_DIR = re.compile(r"^round-([1-9][0-9]*)$")
-BENCHMARK_ORDER = ("mt_bench", "arena_hard", "alpaca_eval")
+BENCHMARK_ORDER = benchmark_registry.NAMES
 MECHANICS = "they show the mechanics, not quality"
 
 
