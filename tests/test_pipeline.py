@@ -88,6 +88,45 @@ def test_the_paper_recipe_fits_its_cluster():
     assert cfg.generate_dpo.n == 5 and cfg.generate_dpo.limit == 6000
 
 
+def test_training_stops_only_the_engines_it_would_not_fit_beside(monkeypatch):
+    """Engines.make_room: the cluster's free resources plus what stopped pools give back must cover the
+    training workers; pools the next generation stage does not use go first, and none when it fits."""
+    import ray
+
+    from moaa.engine.settings import ModelConfig
+    from moaa.stages.pipeline import Engines
+
+    class Pool:  # a started pool as make_room sees it: its settings and actors
+        def __init__(self, cpus: float, gpus: float = 0) -> None:
+            self.cfg = ModelConfig(model="m", num_cpus=cpus, num_gpus=gpus, dtype="float32")
+            self.actors = [object()]
+            self.stopped = False
+
+        def shutdown(self) -> None:
+            self.stopped = True
+
+    def engines(**pools: Pool) -> Engines:
+        e = Engines()
+        e.pools = dict(pools)
+        return e
+
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 0.8})
+    e = engines(a=Pool(0.4), b=Pool(0.4), c=Pool(0.4))
+    e.make_room({"CPU": 1.0}, keep={"a", "c"})
+    assert list(e.pools) == ["a", "c"]  # b (not needed next) went, which was enough
+    e.make_room({"CPU": 2.0}, keep={"a", "c"})
+    assert e.pools == {}  # still too little: every engine went
+    e = engines(a=Pool(0.25), b=Pool(0.25))
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 1.5})
+    e.make_room({"CPU": 1.0}, keep=set())
+    assert list(e.pools) == ["a", "b"]  # fits: nothing stopped
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 8.0, "GPU": 0.0})
+    gpu = Pool(1, gpus=1)
+    e = engines(judge=gpu, cpu=Pool(1))
+    e.make_room({"CPU": 1.0, "GPU": 1.0}, keep={"judge"})
+    assert list(e.pools) == [] and gpu.stopped  # the CPU engine went first, but only the judge frees a GPU
+
+
 # ------------------------------------------------------------------------------------ real engines
 
 

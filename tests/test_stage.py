@@ -127,7 +127,12 @@ def test_one_list_of_stages_serves_the_layout_the_registry_and_the_jobs():
         assert isinstance(impl, stage.Stage) and impl.name == name == impl.config.stage
         assert importlib.import_module(f"jobs.{name}").CONFIG_CLASS is impl.config
         assert issubclass(impl.metrics, stage.StageMetrics)
-    assert registry.of("train_dpo").releases_engines and not registry.of("generate_sft").releases_engines
+    # what a training stage's workers take beside the engines (the pipeline makes room for it)
+    dpo = registry.of("train_dpo")
+    assert dpo.resources(load_config(dpo.config, None, ["scaling.device=cpu", "scaling.num_workers=2"])) == {
+        "CPU": 2.0
+    }
+    assert registry.of("generate_sft").resources(registry.of("generate_sft").config()) == {}
 
 
 def test_every_metric_is_typed_and_documented_and_a_misspelt_one_is_refused():

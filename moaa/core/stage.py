@@ -272,8 +272,6 @@ class Stage(Generic[C, M]):
     name: str
     config: type[C]
     metrics: type[M]
-    # Training needs the CPUs/GPUs that engines hold: the pipeline stops its shared engines first.
-    releases_engines: ClassVar[bool] = False
 
     def run(self, cfg: C, pools: Mapping[str, Any] | None = None) -> Summary:
         """Do the stage's work (resuming what a killed call left) and return its summary; a finished folder
@@ -301,6 +299,11 @@ class Stage(Generic[C, M]):
         )
         usable = o.rows - o.errors if o.usable is None else o.usable
         return complete(cfg, o.manifest, result, usable=usable, why=o.why)
+
+    def resources(self, cfg: C) -> dict[str, float]:
+        """The Ray resources (``CPU``, ``GPU``) the stage's own workers take beside any engine (training's);
+        the pipeline stops engines it keeps for later stages where they would not leave room for them."""
+        return {}
 
     def preflight(self, cfg: C) -> None:
         """Checks of inputs that are there before the stage runs (a pipeline runs every stage's first)."""

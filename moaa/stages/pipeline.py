@@ -16,8 +16,10 @@ repeat round 1's work.
 
 Resume: the pipeline's manifest (``<run>/pipeline/manifest.json``) records each finished stage; a rerun of the
 same command skips finished stages (each finds its stored summary) and resumes the unfinished one where it
-stopped. One Ray cluster serves the whole job; engines are started once and kept across consecutive
-generation stages when their settings allow, and stopped before training, which needs the resources.
+stopped. One Ray cluster serves the whole job; an engine is started once and kept while the stages that
+follow use a model with the same engine settings. Before training, only the engines whose resources the
+training workers need are stopped (those the next generation stage does not use first): where the cluster
+has room for both, a judge or proposer is not reloaded every round.
 """
 
 from __future__ import annotations
@@ -212,11 +214,31 @@ def previous(engine: ModelConfig, role: ModelConfig, r: int) -> ModelConfig:
 
 
 class Engines:
-    """Engine pools kept across consecutive generation stages: a stage gets the pools of its models, started
-    only where no running pool has the same settings; the pools it does not use are stopped."""
+    """Engine pools kept from stage to stage: a stage gets the pools of its models, started only where no
+    running pool has the same settings; the pools it does not use are stopped. Across a training stage they
+    stay up where the cluster has room for both (``make_room``): a judge is not reloaded every round."""
 
     def __init__(self) -> None:
         self.pools: dict[str, EnginePool] = {}
+
+    def make_room(self, need: dict[str, float], keep: set[str]) -> None:
+        """Stop pools until ``need`` (Ray resources: training's workers) is free: first those the next
+        generation stage does not use (``keep``: its engine keys), then the others. Counted from the cluster's
+        free resources now, so a cluster that could only grow (an autoscaler) does not grow for it."""
+        import ray
+
+        free = ray.available_resources()
+
+        def fits() -> bool:
+            return all(free.get(r, 0.0) + 1e-6 >= v for r, v in need.items())
+
+        for key in sorted(self.pools, key=lambda k: k in keep):
+            if fits():
+                break
+            pool = self.pools.pop(key)
+            for r, v in (("CPU", pool.cfg.num_cpus), ("GPU", pool.cfg.num_gpus)):
+                free[r] = free.get(r, 0.0) + v * len(pool.actors)
+            stop_pools({key: pool})
 
     def get(self, models: list[ModelConfig]) -> dict[str, EnginePool]:
         wanted = {engine_key(m): m for m in models}
@@ -233,14 +255,14 @@ class Engines:
         self.pools = {}
 
 
-def run_stage(name: str, cfg: Any, engines: Engines) -> tuple[Summary, bool]:
-    """One stage with the shared engines (generation) or after releasing them (training); (its summary,
-    whether it had finished before)."""
+def run_stage(name: str, cfg: Any, engines: Engines, keep: set[str]) -> tuple[Summary, bool]:
+    """One stage with the shared engines (generation), or with room made for its workers (training: the
+    engines it would not fit beside are stopped, ``keep`` last); (its summary, whether it had finished)."""
     if (done := stage.finished(cfg)) is not None:
         return done, True
     impl = registry.STAGES[name]
-    if impl.releases_engines:
-        engines.stop()  # training needs the CPUs/GPUs the engines hold
+    if need := impl.resources(cfg):
+        engines.make_room(need, keep)
     return impl.run(cfg, pools=engines.get(cfg.engine_models()) if cfg.engine_models() else None), False
 
 
@@ -292,12 +314,15 @@ class Pipeline(Stage[PipelineConfig, PipelineMetrics]):
         shards.init_ray(cfg.ray_address)
         engines = Engines()
         done: list[StageBrief] = []
+        # for each step, the engines of the next stage that runs on engines (what a training stage keeps)
+        later = [{engine_key(m) for m in configs[step].engine_models()} for step in plan]
+        keep = [next((k for k in later[i + 1 :] if k), set()) for i in range(len(plan))]
         try:
-            for r, name in plan:
+            for i, (r, name) in enumerate(plan):
                 key = f"round-{r}/{name}"
                 print(f"[pipeline] round {r}/{cfg.rounds}: {name}", flush=True)
                 t = time.time()
-                summary, skipped = run_stage(name, configs[(r, name)], engines)
+                summary, skipped = run_stage(name, configs[(r, name)], engines, keep[i])
                 manifest["stages"][key] = {
                     "summary": summary.model_dump(mode="json"),
                     "out": configs[(r, name)].out_dir(),

@@ -649,6 +649,11 @@ def wants_gpu(cfg: TrainConfig) -> bool:
     return cfg.scaling.device == "gpu"
 
 
+def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict[str, float]:
+    s = cfg.scaling
+    return {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
+
+
 def scaling_config(cfg: TrainConfig, use_gpu: bool):
     from ray.train import ScalingConfig
 
@@ -656,11 +661,10 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool):
     num_workers: int | tuple[int, int] = (
         s.num_workers if s.min_workers is None else (s.min_workers, s.num_workers)
     )
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
     return ScalingConfig(
         num_workers=num_workers,
         use_gpu=use_gpu,
-        resources_per_worker=resources,
+        resources_per_worker=worker_resources(cfg, use_gpu),
         elastic_resize_monitor_interval_s=s.resize_interval_s,
     )
 
@@ -760,11 +764,15 @@ class Train(Stage[TrainConfig, TrainMetrics]):
     """train_sft and train_dpo: one stage class, two configs."""
 
     metrics = TrainMetrics
-    releases_engines = True
 
     def __init__(self, config: type[TrainConfig]) -> None:
         self.config = config
         self.name = config.stage
+
+    def resources(self, cfg: TrainConfig) -> dict[str, float]:
+        """Every worker's resources at the most workers (the controller takes none)."""
+        per = worker_resources(cfg, wants_gpu(cfg))
+        return {k: v * cfg.scaling.num_workers for k, v in per.items()}
 
     def work(self, work: Work, pools: Any = None) -> Outcome:
         """Train (or resume) and publish the model."""
