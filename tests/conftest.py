@@ -2,9 +2,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from moaa.embedded.tiny import make_tiny_models
@@ -13,6 +16,99 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # vLLM's CPU backend reads its KV cache size from the environment; the tiny models need very little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+# Every process the suite starts inherits this mark (Ray's daemons too, through `ray start` or ray.init): at
+# the end, one still alive is a leak, whoever its parent is now (an orphaned gcs_server has none).
+SESSION_MARK = ("MOAA_TEST_SESSION", uuid.uuid4().hex)
+os.environ[SESSION_MARK[0]] = SESSION_MARK[1]
+
+
+def processes_of_this_session() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(SESSION_MARK[0]) == SESSION_MARK[1]:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No process the suite started outlives it: the in-process Ray is shut down, then whatever is still
+    running after a grace period fails the session (and is killed, so that it cannot trip a later Ray)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    deadline = time.time() + 30
+    while (left := processes_of_this_session()) and time.time() < deadline:
+        time.sleep(1)
+    if left:
+        names = [" ".join(p.cmdline()[:3]) for p in left if p.is_running()]
+        for p in left:
+            p.kill()
+        print(f"\nthe suite left {len(left)} process(es) running (killed now): {names}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+# ----------------------------------------------------------------- one Ray and shared engines for the session
+# In-process tests share one local Ray and keep the engine pools they start (a tiny engine takes ~15 s to
+# start on 2 cores, mostly importing vLLM): a test that needs the same engine settings as an earlier one gets
+# the same pools. A module that needs a Ray of its own (a cluster of `ray start` nodes, S3 settings its
+# workers must inherit) calls release_ray() first. Logical CPUs: enough for the engines' and the training
+# workers' requests at once; the engines idle between tests.
+RAY_CPUS = 4
+MAX_POOLS = 5  # engines kept at most (each holds a 1 GiB KV cache); the least recently used go first
+
+
+class SharedEngines:
+    def __init__(self) -> None:
+        self.pools: dict = {}  # engine key -> pool, least recently used first
+
+    def get(self, models: list) -> dict:
+        """Pools for exactly ``models`` (by engine key), started only where no test started them yet."""
+        from moaa.engine.settings import engine_key
+        from moaa.engine.vllm import start_pools, stop_pools
+
+        wanted = {engine_key(m): m for m in models}
+        for key in [k for k in self.pools if k in wanted]:
+            self.pools[key] = self.pools.pop(key)  # most recently used last
+        missing = [m for k, m in wanted.items() if k not in self.pools]
+        old = [k for k in self.pools if k not in wanted][: max(0, len(self.pools) + len(missing) - MAX_POOLS)]
+        stop_pools({k: self.pools.pop(k) for k in old})
+        if missing:
+            self.pools.update(start_pools(missing))
+        return {k: self.pools[k] for k in wanted}
+
+    def clear(self) -> None:
+        self.pools = {}  # their actors die with the Ray they ran in
+
+
+ENGINES = SharedEngines()
+
+
+def release_ray() -> None:
+    """Shut the session's in-process Ray down (its engines with it), for a test that needs its own."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ENGINES.clear()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """The session's local Ray, started on first use (again after a module released it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ENGINES.clear()
+        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=True)
+    yield
+
+
+@pytest.fixture(scope="module")
+def engines(ray_local) -> SharedEngines:
+    return ENGINES
 
 
 @pytest.fixture(scope="session")

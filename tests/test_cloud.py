@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import release_ray
 from safetensors.torch import load_file
 from test_train import sft_rows
 
@@ -65,6 +66,7 @@ def s3_model(s3, tiny_models) -> str:
 def ray_with_s3_env(s3):
     import ray
 
+    release_ray()  # the session's Ray has workers without the S3 settings
     ray.init(num_cpus=2, include_dashboard=False)  # started after the S3 settings, so workers inherit them
     yield
     ray.shutdown()

@@ -349,15 +349,6 @@ def test_a_benchmark_file_in_another_layout_is_refused_with_its_line(tmp_path):
 # ------------------------------------------------------------------------------------ real engines
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _tiny(tiny_models: Path, out: Path, *extra: str) -> EvaluateConfig:
     return load_config(
         EvaluateConfig,
@@ -375,10 +366,10 @@ def _tiny(tiny_models: Path, out: Path, *extra: str) -> EvaluateConfig:
 
 @pytest.mark.slow
 @needs_shared
-def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models, ray_local):
+def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models, engines):
     out = tmp_path / "eval"
     cfg = _tiny(tiny_models, out)
-    summary = evaluate.run(cfg)
+    summary = evaluate.run(cfg, pools=engines.get(cfg.engine_models()))
     print(evaluate.one_line(summary))
     # every model x benchmark has its results row, in Parquet and JSON alike
     results = pq.read_table(out / "results.parquet").to_pylist()
@@ -432,7 +423,7 @@ def _engine(path: Path, name: str, **sampling) -> str:
 
 @pytest.mark.slow
 @needs_shared
-def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, ray_local):
+def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, engines):
     out = tmp_path / "moa"
     a, b, c = (tiny_models / n for n in ("tiny-qwen2-a", "tiny-llama-b", "tiny-qwen2-c"))
     cfg = _tiny(
@@ -445,7 +436,7 @@ def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, ray_
         f"judge.judges=[{_engine(c, 'tiny-qwen2-c', temperature=1.0)}, {_engine(b, 'j2', temperature=1.0)}]",
         f"judge.aggregator={_engine(a, 'agg', temperature=1.0)}",
     )
-    summary = evaluate.run(cfg)
+    summary = evaluate.run(cfg, pools=engines.get(cfg.engine_models()))
     results = summary.metrics["results"]
     assert [(r["benchmark"], r["judge"]) for r in results] == [
         (b, "MoA judge (tiny-qwen2-c, j2 -> agg)") for b in ("arena_hard", "alpaca_eval")
@@ -465,7 +456,7 @@ def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, ray_
 
 @pytest.mark.slow
 @needs_shared
-def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_path, tiny_models, ray_local):
+def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_path, tiny_models, engines):
     out = tmp_path / "free"
     a, c = tiny_models / "tiny-qwen2-a", tiny_models / "tiny-qwen2-c"
     cfg = _tiny(
@@ -478,7 +469,7 @@ def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_p
         "judge.constrained=false",
         f"judge.judges=[{_engine(c, 'tiny-qwen2-c', temperature=1.0, max_tokens=12)}]",
     )
-    summary = evaluate.run(cfg)
+    summary = evaluate.run(cfg, pools=engines.get(cfg.engine_models()))
     judgments = pq.read_table(out / "judgments/arena_hard/tiny-qwen2-a").to_pylist()
     assert len(judgments) == 2
     # a random model's free text almost never holds a [[label]]: each game went back for a second reply

@@ -14,7 +14,6 @@ import pytest
 from moaa.core import schemas, storage
 from moaa.core.config import load_config
 from moaa.core.manifests import ResumeError
-from moaa.engine.vllm import start_pools, stop_pools
 from moaa.stages import generate_dpo, generate_sft
 from moaa.stages.generate_dpo import GenerateDPOConfig
 from moaa.stages.generate_sft import GenerateSFTConfig
@@ -46,15 +45,6 @@ def prompts_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=3, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _cfg(tiny_models: Path, prompts_dir: Path, out: Path, *extra: str) -> GenerateDPOConfig:
     return load_config(
         GenerateDPOConfig,
@@ -73,10 +63,10 @@ def _cfg(tiny_models: Path, prompts_dir: Path, out: Path, *extra: str) -> Genera
 
 
 @pytest.fixture(scope="module")
-def moa_run(tmp_path_factory, tiny_models, prompts_dir, ray_local):
+def moa_run(tmp_path_factory, tiny_models, prompts_dir, engines):
     out = tmp_path_factory.mktemp("dpo") / "generate_dpo"
     cfg = _cfg(tiny_models, prompts_dir, out)
-    summary = generate_dpo.run(cfg)
+    summary = generate_dpo.run(cfg, pools=engines.get(cfg.engine_models()))
     rows = pq.read_table(out / "data").to_pylist()
     return {"out": out, "cfg": cfg, "summary": summary, "rows": rows}
 
@@ -172,7 +162,7 @@ SFT_QUESTIONS = [*QUESTIONS, "Name a tree.", "Is ice cold?", "Spell cat."]
 
 
 @pytest.fixture(scope="module")
-def moa_sft_run(tmp_path_factory, tiny_models, ray_local):
+def moa_sft_run(tmp_path_factory, tiny_models, engines):
     """A tiny generate_sft run (2 proposers + aggregator) in a run folder, then generate_dpo pairs=moa_sft
     chaining on it by the run layout; the engines are shared (same settings as the tiny judges)."""
     runs_dir = tmp_path_factory.mktemp("moa_sft")
@@ -192,13 +182,10 @@ def moa_sft_run(tmp_path_factory, tiny_models, ray_local):
     )
     out = runs_dir / "generate_dpo-moa_sft"
     cfg = _cfg(tiny_models, prompts, out, f"runs_dir={runs_dir}", "pairs=moa_sft")
-    pools = start_pools([*sft_cfg.engine_models(), *cfg.engine_models()])
-    try:
-        assert len(pools) == 3  # the three tiny models, each one engine for every role
-        generate_sft.run(sft_cfg, pools=pools)
-        summary = generate_dpo.run(cfg, pools=pools)
-    finally:
-        stop_pools(pools)
+    pools = engines.get([*sft_cfg.engine_models(), *cfg.engine_models()])
+    assert len(pools) == 3  # the three tiny models, each one engine for every role
+    generate_sft.run(sft_cfg, pools=pools)
+    summary = generate_dpo.run(cfg, pools=pools)
     sft_data = runs_dir / "test/generate_sft/data"
     return {
         "out": out,

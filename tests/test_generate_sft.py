@@ -69,16 +69,7 @@ def _overrides(tiny_models: Path, prompts_dir: Path, out: Path, *extra: str) -> 
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
+def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, engines):
     """Start the job as a user would, kill it once turn 1 of the multi-turn shard is saved, rerun."""
     out = tmp_path_factory.mktemp("gen") / "out"
     args = _overrides(tiny_models, prompts_dir, out)
@@ -101,7 +92,7 @@ def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, ray_local):
     first_shard_mtime = (out / "data" / "part-00000.parquet").stat().st_mtime_ns
 
     cfg = load_config(GenerateSFTConfig, TINY, args)
-    summary = generate_sft.run(cfg)
+    summary = generate_sft.run(cfg, pools=engines.get(cfg.engine_models()))
     return {"out": out, "summary": summary, "cfg": cfg, "first_shard_mtime": first_shard_mtime}
 
 
@@ -230,7 +221,7 @@ def test_a_rerun_is_a_no_op_and_other_settings_are_refused(killed_then_resumed):
         generate_sft.run(other)
 
 
-def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models, prompts_dir, ray_local):
+def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models, prompts_dir, engines):
     one_shard = tmp_path / "prompts"
     one_shard.mkdir()
     table = pq.read_table(prompts_dir / "part-00001.parquet").slice(0, 1)  # chat2: two turns
@@ -238,7 +229,7 @@ def test_three_layers_feed_each_layer_the_previous_answers(tmp_path, tiny_models
     cfg = load_config(
         GenerateSFTConfig, TINY, _overrides(tiny_models, one_shard, tmp_path / "out", "layers=3")
     )
-    summary = generate_sft.run(cfg)
+    summary = generate_sft.run(cfg, pools=engines.get(cfg.engine_models()))
     assert summary.rows == 1 and summary.errors == 0
     (row,) = _rows(tmp_path / "out")
     for turn in (1, 2):

@@ -96,9 +96,7 @@ def test_metrics_accuracy_ties_and_consistency():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
-def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models):
-    import ray
-
+def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models, engines):
     # The shortest real UltraFeedback pairs (the tiny models' tokenizer is byte-level), as plain JSONL.
     src = SHARED / "ultrafeedback/trl-lib_ultrafeedback_binarized.eval_clean.jsonl"
     records = [json.loads(x) for x in src.read_text().splitlines()]
@@ -116,11 +114,7 @@ def test_judge_eval_runs_all_modes_on_real_labeled_pairs(tmp_path, tiny_models):
             f"judge.aggregator.model={tiny_models}/tiny-qwen2-a",
         ],
     )
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        summary = judge_eval.run(cfg)
-    finally:
-        ray.shutdown()
+    summary = judge_eval.run(cfg, pools=engines.get(cfg.engine_models()))
     report = summary.metrics
     assert summary.rows == 4 and report["judged_as"] == "moa" and summary.wall_s > 0
     assert set(report["modes"]) == {"moa", "jury", "single"}

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from conftest import release_ray
 from test_submit import ENV, _free_port, _job_ids, _ray_processes_since
 from test_train import sft_rows
 
@@ -28,6 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MOAA = [sys.executable, "-m", "jobs.cli", "submit"]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_session_ray():
+    """These tests start Ray nodes with `ray start` and kill every Ray process started after them: the
+    session's in-process Ray would lose its workers."""
+    release_ray()
 
 
 def _ports(*names: str) -> dict[str, int]:

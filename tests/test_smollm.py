@@ -10,7 +10,6 @@ import pytest
 
 from moaa.embedded import smollm
 from moaa.engine.settings import SamplingConfig
-from moaa.engine.vllm import EnginePool
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,15 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return smollm.convert(tmp_path_factory.mktemp("models") / smollm.NAME)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -57,32 +47,26 @@ def test_conversion_gives_the_same_bytes_and_keeps_smollm2_chat_format(model, tm
     assert "{% generation %}" in ours.chat_template
 
 
-def test_the_engine_answers_factual_questions_and_seeds_repeat(model, ray_local):
+def test_the_engine_answers_factual_questions_and_seeds_repeat(model, engines):
     import ray
 
     cfg = smollm.engine("t", 0.0, 32).model_copy(update={"model": str(model)})
-    pool = EnginePool(cfg)
-    pool.wait_ready()
-    try:
-        questions = {
-            "What is the capital of France? Answer in one sentence.": "Paris",
-            "What is 2 + 2?": "4",
-            "Which planet is known as the Red Planet?": "Mars",
-        }
-        convs = [[{"role": "user", "content": q}] for q in questions]
-        answers = ray.get(pool.actors[0].chat.remote(convs, sampling=cfg.sampling))
-        for word, c in zip(questions.values(), answers):
-            assert c.error is None and word in c.text, c.text
-        # a per-request seed on the CPU engine: the same seed gives the same samples
-        seeded = SamplingConfig(temperature=1.0, max_tokens=24, seed=7)
-        a, b = (ray.get(pool.actors[0].chat.remote(convs, sampling=seeded, n=2)) for _ in range(2))
-        assert [c.texts for c in a] == [c.texts for c in b]
-        other = ray.get(
-            pool.actors[0].chat.remote(convs, sampling=seeded.model_copy(update={"seed": 8}), n=2)
-        )
-        assert [c.texts for c in other] != [c.texts for c in a]
-    finally:
-        pool.shutdown()
+    (pool,) = engines.get([cfg]).values()
+    questions = {
+        "What is the capital of France? Answer in one sentence.": "Paris",
+        "What is 2 + 2?": "4",
+        "Which planet is known as the Red Planet?": "Mars",
+    }
+    convs = [[{"role": "user", "content": q}] for q in questions]
+    answers = ray.get(pool.actors[0].chat.remote(convs, sampling=cfg.sampling))
+    for word, c in zip(questions.values(), answers):
+        assert c.error is None and word in c.text, c.text
+    # a per-request seed on the CPU engine: the same seed gives the same samples
+    seeded = SamplingConfig(temperature=1.0, max_tokens=24, seed=7)
+    a, b = (ray.get(pool.actors[0].chat.remote(convs, sampling=seeded, n=2)) for _ in range(2))
+    assert [c.texts for c in a] == [c.texts for c in b]
+    other = ray.get(pool.actors[0].chat.remote(convs, sampling=seeded.model_copy(update={"seed": 8}), n=2))
+    assert [c.texts for c in other] != [c.texts for c in a]
 
 
 def _loops(text: str) -> bool:
@@ -92,7 +76,7 @@ def _loops(text: str) -> bool:
     return len(grams) >= 10 and len(set(grams)) / len(grams) < 0.5
 
 
-def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(model, ray_local, tmp_path):
+def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(model, engines, tmp_path):
     import pyarrow.parquet as pq
 
     from moaa.core import schemas, storage
@@ -126,7 +110,7 @@ def test_moa_sft_rows_are_readable_text_and_the_aggregator_sees_every_proposal(m
             *(f"{k}.model={model}" for k in ("proposers.0", "proposers.1", "aggregator")),
         ],
     )
-    summary = generate_sft.run(cfg)
+    summary = generate_sft.run(cfg, pools=engines.get(cfg.engine_models()))
     rows = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert summary.errors == 0 and len(rows) == summary.rows > 0
     finals = [r["messages"][-1]["content"] for r in rows]

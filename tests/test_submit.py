@@ -14,12 +14,20 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from conftest import release_ray
 from test_cluster import scan_for_secrets  # the same scan as the shipped configs get
 
 from moaa.core import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 MOAA = [sys.executable, "-m", "jobs.cli", "submit"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_session_ray():
+    """These tests start Ray nodes with `ray start` and kill every Ray process started after them: the
+    session's in-process Ray would lose its workers."""
+    release_ray()
 
 
 def test_the_submission_id_follows_the_run():

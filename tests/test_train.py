@@ -175,16 +175,7 @@ def test_all_rows_errored_is_refused_before_workers_start(tmp_path, tiny_models)
 
 # -- slow: real training -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def sft_run(ray_session, runs_dir, tiny_models) -> dict:
+def sft_run(ray_local, runs_dir, tiny_models) -> dict:
     # 32 usable rows, 2 per device x 2 accumulation x 2 workers = 8 per step: 4 steps per epoch, 2 epochs.
     cfg = tiny_sft(runs_dir, tiny_models, "scaling.num_workers=2", "effective_batch_size=8", "num_epochs=2")
     summary = train_sft.main(cfg)
@@ -309,7 +300,7 @@ def _kill_a_worker_after_first_checkpoint(storage_dir: Path, killed: list[int]) 
 
 
 @pytest.mark.slow
-def test_killed_worker_run_finishes_from_a_checkpoint(ray_session, runs_dir, tiny_models) -> None:
+def test_killed_worker_run_finishes_from_a_checkpoint(ray_local, runs_dir, tiny_models) -> None:
     cfg = tiny_sft(
         runs_dir,
         tiny_models,
