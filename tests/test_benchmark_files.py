@@ -36,13 +36,13 @@ def _copy_mirror(dst: Path) -> Path:
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> Path:
-    """A private copy of the five files, to break."""
+    """A private copy of the published files, to break."""
     return _copy_mirror(tmp_path / "mirror")
 
 
 @pytest.fixture
 def http_mirror(tmp_path: Path, monkeypatch) -> Iterator[str]:
-    """A base URL served by http.server on 127.0.0.1 from a copy of the five files."""
+    """A base URL served by http.server on 127.0.0.1 from a copy of the published files."""
     root = _copy_mirror(tmp_path / "served")
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
@@ -73,7 +73,7 @@ def _assert_all_right(dest: Path) -> None:
 
 def test_table_matches_the_shared_copies_and_sources_md() -> None:
     sources_md = (DATA / "SOURCES.md").read_text()
-    assert len(BF.FILES) == 5 and len({f.local for f in BF.FILES}) == 5
+    assert len(BF.FILES) == 6 and len({f.local for f in BF.FILES}) == 6
     for f in BF.FILES:
         data = (DATA / f.local).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (f.size, f.sha256), f.local
@@ -107,7 +107,7 @@ def test_wrong_copy_in_dest_is_replaced(tmp_path: Path) -> None:
     lines: list[str] = []
     BF.fetch(dest, [str(DATA)], log=lines.append)
     assert f"{bad.local}: fetched from {DATA} (replaced a copy with a wrong checksum)" in lines
-    assert sum(line.endswith("already there") for line in lines) == 4
+    assert sum(line.endswith("already there") for line in lines) == len(BF.FILES) - 1
     _assert_all_right(dest)
 
 
@@ -124,7 +124,7 @@ def test_corrupted_mirror_file_is_refused(tmp_path: Path, mirror: Path) -> None:
     assert bad.local in msg and "sha256" in msg and "checksum mismatch" in msg and bad.sha256 in msg
     assert f"--from {mirror}" in msg and "raw.githubusercontent.com" in msg
     # only that file failed; the others were fetched, and nothing was written for the bad one
-    assert "could not get 1 of 5" in msg
+    assert f"could not get 1 of {len(BF.FILES)}" in msg
     assert not (dest / bad.local).exists()
     assert BF.missing(dest) == [bad]
 
@@ -137,7 +137,7 @@ def test_missing_mirror_file_falls_through_to_next_source(tmp_path: Path, mirror
     BF.fetch(dest, [str(mirror), str(DATA)], log=lines.append)
     _assert_all_right(dest)
     assert f"{gone.local}: fetched from {DATA}" in lines
-    assert sum(line.endswith(f"fetched from {mirror}") for line in lines) == 4
+    assert sum(line.endswith(f"fetched from {mirror}") for line in lines) == len(BF.FILES) - 1
 
     # with no next source, the error names the file, the source and why
     with pytest.raises(BF.BenchmarkFetchError) as e:
@@ -175,11 +175,11 @@ def test_http_not_found_and_network_error_fall_through(tmp_path: Path, http_mirr
     with pytest.raises(BF.BenchmarkFetchError) as e:
         BF.fetch(dest, [missing_base, dead], timeout=10)
     msg = str(e.value)
-    assert "could not get 5 of 5" in msg
+    assert f"could not get {len(BF.FILES)} of {len(BF.FILES)}" in msg
     assert "not found" in msg and "HTTP 404" in msg and "network error" in msg
     # an unreachable source is tried once, not once per file
     assert msg.count(f"--from {dead}: network error") == 1
-    assert msg.count(f"--from {dead}: not tried (network error on an earlier file)") == 4
+    assert msg.count(f"--from {dead}: not tried (network error on an earlier file)") == len(BF.FILES) - 1
     assert all(f.local in msg for f in BF.FILES)
 
     BF.fetch(dest, [missing_base, dead, http_mirror], timeout=10)
@@ -198,8 +198,9 @@ def test_cli(tmp_path: Path, mirror: Path) -> None:
     proc = _moaa(str(dest), "--from", str(DATA), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout.splitlines()
-    assert out[:5] == [f"{f.local}: fetched from {DATA}" for f in BF.FILES]
-    assert out[5] == f"5 benchmark files checked in {dest} (5 fetched, 0 already there)"
+    n = len(BF.FILES)
+    assert out[:n] == [f"{f.local}: fetched from {DATA}" for f in BF.FILES]
+    assert out[n] == f"{n} benchmark files checked in {dest} ({n} fetched, 0 already there)"
     _assert_all_right(dest)
 
     # the default folder, relative to where it runs; then everything is already there
@@ -207,7 +208,9 @@ def test_cli(tmp_path: Path, mirror: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_all_right(tmp_path / "data" / "benchmarks")
     proc = _moaa("--from", str(mirror), cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout.count("already there") == 6, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.count("already there") == len(BF.FILES) + 1, (
+        proc.stdout + proc.stderr
+    )
 
 
 def test_python_m(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench, registry
+from moaa.benchmarks import alpaca_eval, arena_hard, ifeval, mt_bench, registry
 from moaa.core import schemas
 from moaa.core.config import ConfigError, load_config
 from moaa.engine.settings import Completion, SamplingConfig
@@ -30,6 +30,7 @@ SHARED_FILES = [
     f"arena_hard.questions={SHARED}/arena_hard/question.jsonl",
     f"arena_hard.baseline_answers={SHARED}/arena_hard/model_answer_gpt-4-0314.jsonl",
     f"alpaca_eval.reference_outputs={SHARED}/alpaca_eval/gpt4_1106_preview.model_outputs.json",
+    f"ifeval.input_data={SHARED}/ifeval/input_data.jsonl",
 ]
 
 
@@ -239,7 +240,12 @@ def test_results_have_a_row_per_model_and_benchmark_even_without_judgments(tmp_p
     assert [(r["model"], r["benchmark"]) for r in rows] == [
         (m, b) for m in ("tiny-qwen2-a", "train_dpo-r1") for b in registry.NAMES
     ]
-    assert all(r["score"] is None and "noise" in r["note"] for r in rows)
+    assert all(r["score"] is None for r in rows)
+    # the judge's caveat only on the rows a judge scored: IFEval's are checked by code
+    assert [
+        ("noise" in (r["note"] or ""), r["judge"]) for r in rows if not registry.get(r["benchmark"]).judged
+    ] == [(False, "none: checked by code (IFEval's checkers)")] * 2
+    assert all("noise" in r["note"] for r in rows if registry.get(r["benchmark"]).judged)
     schemas.to_table(
         [{**r, "run_id": "x", "config_hash": "h", "moaa_version": "v"} for r in rows], "eval_results"
     )
@@ -255,7 +261,7 @@ def test_results_have_a_row_per_model_and_benchmark_even_without_judgments(tmp_p
             ["judge.judges=[{model: models/tiny/tiny-qwen2-a}, {model: models/tiny/tiny-llama-b}]"],
             "aggregator",
         ),
-        (["mt_bench=null", "arena_hard=null", "alpaca_eval=null"], "every benchmark is null"),
+        (["mt_bench=null", "arena_hard=null", "alpaca_eval=null", "ifeval=null"], "every benchmark is null"),
         (["models.1.name=tiny-qwen2-a"], "distinct display names"),
         (["models.1.name=gpt-4-0314"], "baseline"),
         (["ci=1.5"], "ci"),
@@ -381,9 +387,14 @@ def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models
     ]
     by = {(r["model"], r["benchmark"]): r for r in results}
     for (_, bench), r in by.items():
-        assert r["questions"] == {"mt_bench": 8, "arena_hard": 2, "alpaca_eval": 3}[bench]
-        assert r["answer_errors"] == 0 and r["judged"] > 0 and r["parse_rate"] == 1.0  # constrained judge
-        assert r["answer_tokens"] > 0 and r["judge_tokens"] > 0
+        assert r["questions"] == {"mt_bench": 8, "arena_hard": 2, "alpaca_eval": 3, "ifeval": 3}[bench]
+        assert r["answer_errors"] == 0 and r["judged"] > 0 and r["answer_tokens"] > 0
+        if registry.get(bench).judged:
+            assert r["parse_rate"] == 1.0 and r["judge_tokens"] > 0  # constrained judge
+        else:  # IFEval: checked by code, no judge step
+            assert r["parse_rate"] is None and r["judge_tokens"] == 0 and r["note"] is None
+            assert pq.read_table(out / "judgments" / bench).num_rows == 0
+    _check_ifeval(out, by)
     assert all(
         by[(m, "arena_hard")]["position_consistency"] is not None for m in ("tiny-qwen2-a", "tiny-llama-b")
     )
@@ -413,6 +424,33 @@ def test_two_models_end_to_end_on_the_real_benchmark_files(tmp_path, tiny_models
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def _check_ifeval(out: Path, by: dict) -> None:
+    """IFEval's rows: every prompt answered, greedily with its max_tokens, and the reported accuracies
+    recounted from the answers Parquet with the checkers equal the results row's."""
+    inputs = {str(r["key"]): r for r in ifeval.ifeval_inputs(SHARED / "ifeval/input_data.jsonl")}
+    for m in ("tiny-qwen2-a", "tiny-llama-b"):
+        folder = out / "answers/ifeval" / m
+        schemas.validate(pq.read_schema(next(folder.glob("*.parquet"))), "eval_answers")
+        answers = pq.read_table(folder).to_pylist()
+        assert sorted(a["question_id"] for a in answers) == sorted(list(inputs)[:3])
+        assert all(a["error"] is None and len(a["answers"]) == 1 for a in answers)
+        assert all(0 < a["completion_tokens"][0] <= 16 for a in answers)  # the models' own 16 tokens
+        v = [ifeval.verdicts(inputs[a["question_id"]], a["answers"][0]) for a in answers]
+        recount = ifeval.accuracies([(x["strict"], x["loose"]) for x in v])
+        r = by[(m, "ifeval")]
+        d = json.loads(r["details"])
+        assert (
+            r["metric"] == "ifeval_prompt_level_strict_acc"
+            and r["score"] == recount["prompt_level_strict_acc"]
+        )
+        assert {k: d[k] for k in ifeval.METRICS} == recount
+        assert all(0.0 <= d[k] <= 100.0 for k in ifeval.METRICS) and r["lower"] <= r["score"] <= r["upper"]
+        assert d["prompts"] == 3 and d["instructions"] == sum(
+            len(inputs[a["question_id"]]["kwargs"]) for a in answers
+        )
+        assert r["judge"].startswith("none") and r["judged"] == 3 and r["unparsed"] == 0
+
+
 def _engine(path: Path, name: str, **sampling) -> str:
     """A tiny engine's settings as a YAML flow mapping, for an override."""
     return (
@@ -431,6 +469,7 @@ def test_the_moa_judge_evaluates_like_a_single_judge(tmp_path, tiny_models, engi
         out,
         f"models=[{_engine(a, 'tiny-qwen2-a', max_tokens=8)}]",
         "mt_bench=null",
+        "ifeval=null",
         "arena_hard.limit=1",
         "alpaca_eval.limit=1",
         f"judge.judges=[{_engine(c, 'tiny-qwen2-c', temperature=1.0)}, {_engine(b, 'j2', temperature=1.0)}]",
@@ -465,6 +504,7 @@ def test_an_unconstrained_arena_judge_without_a_label_is_asked_to_continue(tmp_p
         f"models=[{_engine(a, 'tiny-qwen2-a', max_tokens=8)}]",
         "mt_bench=null",
         "alpaca_eval=null",
+        "ifeval=null",
         "arena_hard.limit=1",
         "judge.constrained=false",
         f"judge.judges=[{_engine(c, 'tiny-qwen2-c', temperature=1.0, max_tokens=12)}]",

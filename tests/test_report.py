@@ -1,6 +1,7 @@
 """The run report: built from a synthetic run folder (real summary.json files and Parquet files of the
 contracts), checked as files, as words (the judge at chance), and rendered in a real headless browser."""
 
+import json
 import os
 import re
 import shutil
@@ -166,6 +167,23 @@ def _eval_rows(models: list[str]) -> list[dict[str, Any]]:
                     "note": note,
                 }
             )
+        # a benchmark checked by code: no judge, no judge tokens, no judge caveat
+        rows.append(
+            {
+                **base,
+                "model": model,
+                "benchmark": "ifeval",
+                "metric": "ifeval_prompt_level_strict_acc",
+                "score": 25.0 + 5 * k,
+                "lower": 10.0,
+                "upper": 45.0,
+                "parse_rate": None,
+                "judge_tokens": 0,
+                "judge": "none: checked by code (IFEval's checkers)",
+                "note": None,
+                "details": json.dumps({"prompt_level_loose_acc": 31.25, "inst_level_strict_acc": 40.0}),
+            }
+        )
     return rows
 
 
@@ -291,6 +309,13 @@ def test_report_of_a_whole_run_names_every_stage_plots_and_says_the_embedded_jud
     assert "prompt too long" not in html_text  # error rows are not examples
     # the evaluation notes are shown
     assert "LC not computed" in html_text and "LC not computed" in md
+    # IFEval's rows: its metric, score and interval, "checked by code" as the judge, and the at-chance warning
+    # says it is not about them
+    row = next(line for line in md.splitlines() if "| ifeval |" in line and "| base |" in line)
+    assert "ifeval_prompt_level_strict_acc" in row and "25.00" in row and "[10.00, 45.00]" in row, row
+    assert "none: checked by code" in row and "[" not in row.split("none: checked by code")[1], row
+    for text in (html_text, md):
+        assert "The ifeval rows are checked by code, not by the judge: the judge being at chance does" in text
     assert report.write(str(run))["pngs"] == out["pngs"]  # written again, the same files
 
 

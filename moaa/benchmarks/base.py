@@ -147,7 +147,7 @@ class Benchmark(ABC, Generic[Section]):
         """One model's result from its final judgments and its answer rows: ``metric``, ``score``, ``lower``
         and ``upper`` (at ``ci``, from ``bootstrap`` resamples where the benchmark bootstraps),
         ``standard_error``, ``judged``, ``unparsed``, ``details`` (JSON), optionally ``note`` and
-        ``lc_win_rate``."""
+        ``lc_win_rate``; a benchmark scored by code, optionally ``judge``: what scored it, in words."""
 
 
 def explained(verdict: str, max_chars: int) -> tuple[dict[str, Any], int]:

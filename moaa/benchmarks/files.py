@@ -44,6 +44,7 @@ SAMPLE_DIR = "data/samples/benchmarks"
 EXCERPT_MT_BENCH_PER_CATEGORY = 2  # 16 of 80 questions (the demo asks 1 per category)
 EXCERPT_ARENA_HARD = 8  # of 500 (the demo asks 4)
 EXCERPT_ALPACA_EVAL = 16  # of 805 (the demo asks 4 to 8)
+EXCERPT_IFEVAL = 16  # of 541, covering all 25 instruction kinds (the demo asks 8)
 DEFAULT_SOURCES = ("github",)
 GITHUB_RAW = "https://raw.githubusercontent.com"
 TIMEOUT_S = 60.0
@@ -65,6 +66,7 @@ class BenchmarkFile:
 _FASTCHAT = ("lm-sys/FastChat", "0e6d3e4beaab66f4d3f93db72541a4abab8af28d")
 _ARENA_HARD = ("lmarena/arena-hard-auto", "196f6b826783b3da7310e361a805fa36f0be83f3")
 _ALPACA_EVAL = ("tatsu-lab/alpaca_eval", "cd543a149df89434d8a54582c0151c0b945c3d20")
+_GOOGLE_RESEARCH = ("google-research/google-research", "19638399cc9e03623c5b9087a1d6fa8813974ce9")
 
 FILES: tuple[BenchmarkFile, ...] = (
     BenchmarkFile(
@@ -106,6 +108,14 @@ FILES: tuple[BenchmarkFile, ...] = (
         _ALPACA_EVAL[1],
         "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4",
         1899765,
+    ),
+    BenchmarkFile(
+        "ifeval/input_data.jsonl",
+        _GOOGLE_RESEARCH[0],
+        "instruction_following_eval/data/input_data.jsonl",
+        _GOOGLE_RESEARCH[1],
+        "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49",
+        207111,
     ),
 )
 
@@ -300,11 +310,29 @@ def _json_list_prefix(text: str, n: int) -> str:
     return text[:end] + "\n]\n"
 
 
+def _covering(lines: list[str], n: int) -> list[str]:
+    """``n`` IFEval prompts (lines of input_data.jsonl, in file order) that cover as many instruction kinds
+    as they can: greedily the prompt that brings the most kinds not yet taken (the first in file order of
+    those that bring as many), until every kind is in, then the first prompts not taken."""
+    ids = [set(json.loads(line)["instruction_id_list"]) for line in lines]
+    taken: list[int] = []
+    kinds: set[str] = set()
+    while len(taken) < n:
+        gain, i = max((len(k - kinds), -i) for i, k in enumerate(ids))
+        if gain == 0:
+            break
+        taken.append(-i)
+        kinds |= ids[-i]
+    rest = [i for i in range(len(lines)) if i not in set(taken)]
+    return [lines[i] for i in sorted(taken + rest[: n - len(taken)])]
+
+
 def excerpt(full: str | Path, dest: str | Path = SAMPLE_DIR) -> list[Path]:
     """Write the shipped excerpt of the benchmark files in ``full`` (a folder of ``FILES``, checked by
     sha256) into ``dest``, same layout, every row a byte-exact copy of the published one: MT-Bench's first
     questions of each category (file order) with their GPT-4 references, Arena-Hard's first questions with
-    the baseline's answers to them, AlpacaEval's first instructions with the reference outputs. The readers
+    the baseline's answers to them, AlpacaEval's first instructions with the reference outputs, IFEval prompts
+    that cover every instruction kind (``_covering``). The readers
     and the evaluate job take the excerpt as they take the full files."""
     full, dest = Path(full), Path(dest)
     wrong = missing(full)
@@ -335,6 +363,9 @@ def excerpt(full: str | Path, dest: str | Path = SAMPLE_DIR) -> list[Path]:
     )
     alpaca = "alpaca_eval/gpt4_1106_preview.model_outputs.json"
     out[alpaca] = _json_list_prefix((full / alpaca).read_text(encoding="utf-8"), EXCERPT_ALPACA_EVAL)
+    out["ifeval/input_data.jsonl"] = "".join(
+        _covering(_lines(full / "ifeval/input_data.jsonl"), EXCERPT_IFEVAL)
+    )
     paths = []
     for local, text in out.items():
         _write_atomically(dest / local, text.encode("utf-8"))

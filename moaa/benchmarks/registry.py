@@ -7,10 +7,15 @@ from typing import Any
 
 from pydantic import Field
 
-from moaa.benchmarks import alpaca_eval, arena_hard, mt_bench
+from moaa.benchmarks import alpaca_eval, arena_hard, ifeval, mt_bench
 from moaa.benchmarks.base import Benchmark
 
-BENCHMARKS: tuple[Benchmark, ...] = (mt_bench.BENCHMARK, arena_hard.BENCHMARK, alpaca_eval.BENCHMARK)
+BENCHMARKS: tuple[Benchmark, ...] = (
+    mt_bench.BENCHMARK,
+    arena_hard.BENCHMARK,
+    alpaca_eval.BENCHMARK,
+    ifeval.BENCHMARK,
+)
 NAMES: tuple[str, ...] = tuple(b.name for b in BENCHMARKS)
 _BY_NAME = {b.name: b for b in BENCHMARKS}
 

@@ -617,7 +617,10 @@ def results_rows(cfg: EvaluateConfig, answers: list[dict[str, Any]], judgments: 
                         t["prompt_tokens"] + t["completion_tokens"] for t in judge_tokens.values()
                     ),
                     "usd": usd,
-                    "judge": cfg.judge.describe(),
+                    # a benchmark scored by code says what scored it (the judge never saw its rows)
+                    "judge": cfg.judge.describe()
+                    if bench.judged
+                    else r.get("judge") or "none (scored by code)",
                     "note": note,
                     "details": json.dumps(r["details"], sort_keys=True),
                 }

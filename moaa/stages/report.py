@@ -376,16 +376,21 @@ def eval_png(results: list[dict[str, Any]], chance: bool) -> bytes | None:
         ax.set_xlim(-0.6, len(models) - 0.4)
         metric = next(iter(rows.values())).get("metric") or bench
         ci = next(iter(rows.values())).get("ci")
-        ax.set_title(bench, fontsize=11)
+        ax.set_title(bench if judged(bench) else f"{bench} (checked by code)", fontsize=11)
         ax.set_ylabel(metric + (f" ({ci:.0%} interval)" if ci else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     title = "Benchmark scores with their intervals"
-    if chance:
-        title += " (judge at chance: the mechanics, not quality)"
+    if chance and any(judged(b) for b in benchmarks):
+        title += " (judge at chance: the judged ones show the mechanics, not quality)"
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _png(fig)
+
+
+def judged(benchmark: str) -> bool:
+    """Whether a results row's benchmark is scored by a judge (one unknown to this version: assume so)."""
+    return benchmark not in BENCHMARK_ORDER or benchmark_registry.get(benchmark).judged
 
 
 def _benchmark_key(b: str) -> tuple[int, str]:
@@ -831,6 +836,15 @@ def evaluation_section(run: Run, findings: list[JudgeFinding]) -> list[Block]:
                 "warn",
             )
         )
+        by_code = sorted({str(r["benchmark"]) for r in results if not judged(str(r.get("benchmark")))})
+        if by_code:
+            blocks.append(
+                Para(
+                    f"The {', '.join(by_code)} rows are checked by code, not by the judge: the judge "
+                    "being at chance does not touch them (they still rest on few questions).",
+                    "note",
+                )
+            )
     notes: list[str] = []
     rows = []
     for r in sorted(results, key=lambda r: (r["round"], _benchmark_key(str(r.get("benchmark"))))):
