@@ -273,11 +273,14 @@ class Stage(Generic[C, M]):
     config: type[C]
     metrics: type[M]
 
-    def run(self, cfg: C, pools: Mapping[str, Any] | None = None) -> Summary:
+    def run(
+        self, cfg: C, pools: Mapping[str, Any] | None = None, *, fingerprint: str | None = None
+    ) -> Summary:
         """Do the stage's work (resuming what a killed call left) and return its summary; a finished folder
         returns the stored summary and writes nothing. ``pools``: engines the caller started and keeps
-        (keyed by ``engine.engine_key``); by default a stage starts its own."""
-        fingerprint = cfg.fingerprint()
+        (keyed by ``engine.engine_key``); by default a stage starts its own. ``fingerprint``: the config's,
+        where the caller has computed it already (the pipeline, which checks ``finished`` first)."""
+        fingerprint = fingerprint or cfg.fingerprint()
         if (done := finished(cfg, fingerprint)) is not None:
             return done
         work = Work(cfg, fingerprint, cfg.out_dir())

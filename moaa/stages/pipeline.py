@@ -258,12 +258,14 @@ class Engines:
 def run_stage(name: str, cfg: Any, engines: Engines, keep: set[str]) -> tuple[Summary, bool]:
     """One stage with the shared engines (generation), or with room made for its workers (training: the
     engines it would not fit beside are stopped, ``keep`` last); (its summary, whether it had finished)."""
-    if (done := stage.finished(cfg)) is not None:
+    fingerprint = cfg.fingerprint()
+    if (done := stage.finished(cfg, fingerprint)) is not None:
         return done, True
     impl = registry.STAGES[name]
     if need := impl.resources(cfg):
         engines.make_room(need, keep)
-    return impl.run(cfg, pools=engines.get(cfg.engine_models()) if cfg.engine_models() else None), False
+    pools = engines.get(models) if (models := cfg.engine_models()) else None
+    return impl.run(cfg, pools=pools, fingerprint=fingerprint), False
 
 
 # ------------------------------------------------------------------------------------------------ driver
