@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import prepare as prepare_job
+from moaa.benchmarks import verifiable
 from moaa.core import manifests, schemas, storage
 from moaa.core.config import load_config
 from moaa.stages.prepare import (
@@ -229,8 +230,10 @@ def test_sample_run_shards(sample_run: tuple[Path, dict]) -> None:
     assert {"ultrafeedback/evol_instruct", "ultrafeedback/false_qa", "ultrafeedback/flan_v2_niv2"} <= {
         r["source"] for r in uf
     }
-    # Input order is kept: UltraFeedback first, in file order.
-    assert uf[0]["messages"][0]["content"] == read_jsonl(UF)[0]["instruction"]
+    # Input order is kept: UltraFeedback first, in file order (with its verifiable instructions appended).
+    assert uf[0]["messages"][0]["content"] == verifiable.append(
+        read_jsonl(UF)[0]["instruction"], uf[0]["constraints"]
+    )
     assert rows[33]["source"] == "ultrachat"
 
 
@@ -274,7 +277,7 @@ def test_outputs_read_back_with_pandas_duckdb_and_datasets(
 
     out, _ = sample_run
     df = pd.read_parquet(out / "prompts")
-    assert len(df) == 45 and list(df.columns) == ["prompt_id", "source", "messages", "n_turns"]
+    assert len(df) == 45 and list(df.columns) == ["prompt_id", "source", "messages", "n_turns", "constraints"]
     assert len(pd.read_parquet(out / "quarantine.parquet")) == 5
 
     glob = str(out / "prompts" / "*.parquet")
@@ -445,9 +448,9 @@ def _ids(out: Path) -> list[str]:
 
 def test_subset_is_deterministic_per_seed(tmp_path: Path) -> None:
     def run(name: str, seed: int) -> list[str]:
-        summary = main(
-            cfg_for(tmp_path / name, seed=seed, **{"ultrachat.subset": 5, "ultrafeedback.subset": 10})
-        )
+        # No instructions: with them a prompt's id would depend on the seed too (they are drawn with it)
+        subsets = {"ultrachat.subset": 5, "ultrafeedback.subset": 10, "constraints.share": 0.0}
+        summary = main(cfg_for(tmp_path / name, seed=seed, **subsets))
         assert summary is not None
         for s in summary["sources"].values():
             assert s["rows_in"] == s["rows_out"] + s["quarantined"] + s["not_sampled"]
@@ -466,7 +469,7 @@ def test_subset_is_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def _ids_of_full_run(tmp_path: Path) -> list[str]:
-    main(cfg_for(tmp_path / "full"))
+    main(cfg_for(tmp_path / "full", **{"constraints.share": 0.0}))
     return _ids(tmp_path / "full")
 
 
@@ -490,8 +493,8 @@ def test_cli_runs_the_tiny_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "cli" / "prepare"
     assert (
-        f"prepare: 45 prompts in 3 shards (33 ultrafeedback, 12 ultrachat), 5 quarantined -> {out}"
-        in proc.stdout
+        "prepare: 45 prompts in 3 shards (33 ultrafeedback, 12 ultrachat), 20 with verifiable instructions, "
+        f"5 quarantined -> {out}" in proc.stdout
     )
     manifests.require_complete(str(out), "prepare")
     assert storage.read_json(str(out / "summary.json"))["rows"] == 45
@@ -523,6 +526,7 @@ BENCHMARK_FILES = [
     SHARED / "mt_bench/question.jsonl",
     SHARED / "arena_hard/question.jsonl",
     SHARED / "alpaca_eval/gpt4_1106_preview.model_outputs.json",
+    SHARED / "ifeval/input_data.jsonl",
 ]
 
 
@@ -562,3 +566,80 @@ def test_an_unreadable_benchmark_file_is_named_before_any_output(tmp_path: Path)
     with pytest.raises(PrepareError, match=r"decontaminate: .*bench.jsonl.*not a benchmark layout"):
         main(cfg_for(tmp_path / "out", decontaminate=[str(bad)]))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_an_ifeval_prompt_planted_in_the_input_is_set_aside(tmp_path: Path) -> None:
+    """Training prompts carry IFEval's kinds of instruction: IFEval's own prompts must not be among them."""
+    ifeval = json.loads((SHARED / "ifeval/input_data.jsonl").read_text().splitlines()[5])
+    planted = {"prompt": "x", "prompt_id": "p", "messages": [{"role": "user", "content": ifeval["prompt"]}]}
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text(json.dumps(planted) + "\n")
+    out = tmp_path / "out"
+    bench = [str(SHARED / "ifeval/input_data.jsonl")]
+    summary = main(
+        cfg_for(out, drop_contaminated=True, decontaminate=bench, **{"ultrachat.path": str(chats)})
+    )
+    listed = storage.read_json(str(out / "contamination.json"))
+    assert [r["benchmarks"] for r in listed] == [["ifeval/input_data.jsonl#5"]]
+    assert (
+        summary["sources"]["ultrachat"]["rows_out"] == 0
+        and summary["quarantined_by_reason"]["contaminated"] == 1
+    )
+    prompts = out_prompts(out).to_pylist()
+    assert all(ifeval["prompt"][:60] not in r["messages"][-1]["content"] for r in prompts)
+
+
+# ------------------------------------------------------------------------------- verifiable instructions
+
+
+def _constrained(out: Path, **overrides: object) -> tuple[dict, list[dict]]:
+    summary = main(cfg_for(out, **overrides))
+    return summary, sorted(out_prompts(out).to_pylist(), key=lambda r: r["prompt_id"])
+
+
+def test_constraints_are_seeded_stored_and_phrased_in_the_last_user_turn(tmp_path: Path) -> None:
+    tagged = {"constraints.share": 0.6, "constraints.max_per_prompt": 3}
+    summary, rows = _constrained(tmp_path / "a", **tagged)
+    _, again = _constrained(tmp_path / "b", **tagged)
+    _, other = _constrained(tmp_path / "c", seed=7, **tagged)
+    assert rows == again  # same seed and inputs: the same rows, instructions and all
+    assert [r["constraints"] for r in rows] != [r["constraints"] for r in other]
+    with_ = [r for r in rows if r["constraints"]]
+    # the summary's counts are a recount of the Parquet
+    assert summary["constrained"] == len(with_) and 15 <= len(with_) <= 40
+    kinds: dict[str, int] = {}
+    for r in with_:
+        for c in r["constraints"]:
+            kinds[c["id"]] = kinds.get(c["id"], 0) + 1
+    assert summary["constraint_kinds"] == dict(sorted(kinds.items()))
+    assert max(len(r["constraints"]) for r in with_) >= 2 and all(len(r["constraints"]) <= 3 for r in with_)
+    clash = verifiable.conflicts()
+    for r in with_:
+        ids = [c["id"] for c in r["constraints"]]
+        assert all(b not in clash[a] for i, a in enumerate(ids) for b in ids[i + 1 :]), ids
+        last_user = [m for m in r["messages"] if m["role"] == "user"][-1]["content"]
+        assert last_user.endswith("\n\n" + verifiable.phrase(r["constraints"]))
+        assert r["prompt_id"] == prompt_id(r["messages"])
+        for c in r["constraints"]:
+            kwargs = json.loads(c["kwargs"])  # parameters as JSON object text, readable anywhere
+            assert isinstance(kwargs, dict) and c["id"] in verifiable.KINDS
+    assert all(r["constraints"] == [] for r in rows if r not in with_)
+    # the multi-turn chats get them on their last turn, not the first
+    chats = [r for r in with_ if r["n_turns"] > 1]
+    assert chats and all(
+        verifiable.phrase(r["constraints"]) not in r["messages"][0]["content"] for r in chats
+    )
+    # none: no instructions, and the prompts are the input's own
+    summary, plain = _constrained(tmp_path / "d", **{"constraints.share": 0.0})
+    assert summary["constrained"] == 0 and all(r["constraints"] == [] for r in plain)
+
+
+def test_constraint_kinds_can_be_chosen_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    kinds = ["punctuation:no_comma", "startend:end_checker"]
+    _, rows = _constrained(tmp_path / "a", **{"constraints.share": 1.0, "constraints.kinds": kinds})
+    assert {c["id"] for r in rows for c in r["constraints"]} == set(kinds) and all(
+        r["constraints"] for r in rows
+    )
+    with pytest.raises(Exception, match=r"constraints.kinds[\s\S]*unknown kind 'no_commas'"):
+        cfg_for(tmp_path / "b", **{"constraints.kinds": ["no_commas"]})

