@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from moaa.benchmarks import verifiable
 from moaa.core import schemas, storage
 from moaa.core.config import load_config
 from moaa.core.manifests import ResumeError
@@ -25,13 +26,26 @@ QUESTIONS = ["Name a red fruit.", "What is 2+2?", "Say hi.", "Pick a color.", "C
 LONG = "Summarize: " + "lorem ipsum dolor sit amet " * 160  # > 4096 byte tokens
 
 
+# Verifiable instructions on four prompts (prepare's constraints column): the tiny policy's random texts
+# sometimes hold a comma and are some words long, so candidates of one prompt pass and fail differently.
+NO_COMMA = {"id": "punctuation:no_comma", "kwargs": "{}"}
+WORDS = {"id": "length_constraints:number_words", "kwargs": '{"num_words": 3, "relation": "at least"}'}
+CONSTRAINTS = {"q0": [NO_COMMA], "q1": [NO_COMMA, WORDS], "q2": [WORDS], "q3": [NO_COMMA]}
+
+
 def _row(pid, turns):
     msgs = []
     for k, u in enumerate(turns):
         msgs.append({"role": "user", "content": u})
         if k < len(turns) - 1:
             msgs.append({"role": "assistant", "content": "ok"})
-    return {"prompt_id": pid, "source": "test", "messages": msgs, "n_turns": len(turns)}
+    return {
+        "prompt_id": pid,
+        "source": "test",
+        "messages": msgs,
+        "n_turns": len(turns),
+        "constraints": CONSTRAINTS.get(pid, []),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +140,84 @@ def test_judge_calls_are_complete_and_every_final_verdict_parses(moa_run):
     assert s["pairs_per_min"] and 0 <= s["position_consistency"] <= 1
     # the policy and the aggregator judge are the same model with the same engine settings: one engine
     assert set(moa_run["summary"].tokens) >= {"policy/tiny-qwen2-a", "aggregate/tiny-qwen2-a"}
+
+
+def _value(verdicts: dict, a: int, b: int) -> float:
+    return verdicts.get((a, b), 0.5)
+
+
+def test_candidates_are_checked_and_judge_accuracy_on_verifiable_pairs_matches_a_recount(moa_run):
+    """Each candidate carries IFEval's verdicts; the summary's chosen/rejected pass counts and each way of
+    judging's accuracy on the verifiable pairs equal a recount from the stored verdicts."""
+    rows = [r for r in moa_run["rows"] if r["status"] != "error"]
+    checks = moa_run["summary"].metrics["checks"]
+    assert checks["prompts"] == sum(bool(r["constraints"]) for r in rows) == 4
+    counts = {k: {"pairs": 0, "correct": 0, "wrong": 0, "ties": 0} for k in ("moa", "single:tiny-llama-b")}
+    chosen_passed = rejected_passed = n_pairs = 0
+    for r in rows:
+        if not r["constraints"]:
+            assert all(c["follows"] == [] for c in r["candidates"])
+            continue
+        user = r["prompt"][-1]["content"]
+        ok = []
+        for c in r["candidates"]:
+            assert (
+                c["follows"]
+                == verifiable.check(r["constraints"], c["content"], r["prompt_id"], user)["strict"]
+            )
+            ok.append(all(c["follows"]))
+        if r["status"] == "pair":
+            n_pairs += 1
+            chosen_passed += ok[r["chosen_index"]]
+            rejected_passed += ok[r["rejected_index"]]
+        # the deciding (aggregator's) verdicts as stored, and the first judge's own, by hand
+        moa = {(v["a"], v["b"]): v["value"] for v in r["final_verdicts"]}
+        first = {
+            (j["a"], j["b"]): {"A": 1.0, "B": 0.0}.get(j["verdict"], 0.5)
+            for j in r["judgments"]
+            if j["judge"] == "tiny-llama-b" and j["role"] == "judge"
+        }
+        texts = [c["content"] for c in r["candidates"]]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                if ok[i] == ok[j] or texts[i] == texts[j]:
+                    continue
+                p, f = (i, j) if ok[i] else (j, i)
+                for label, verdicts in (("moa", moa), ("single:tiny-llama-b", first)):
+                    value = (_value(verdicts, p, f) + 1 - _value(verdicts, f, p)) / 2
+                    c = counts[label]
+                    c["pairs"] += 1
+                    c["correct" if value > 0.5 else "wrong" if value < 0.5 else "ties"] += 1
+    assert checks["chosen"]["answers"] == checks["rejected"]["answers"] == n_pairs
+    assert (checks["chosen"]["passed"], checks["rejected"]["passed"]) == (chosen_passed, rejected_passed)
+    assert counts["moa"]["pairs"] > 0, "no verifiable pair: the instructions did not split the candidates"
+    assert set(checks["accuracy"]) == {"moa", "jury", "single:tiny-llama-b", "single:tiny-qwen2-c"}
+    for label, c in counts.items():
+        got = checks["accuracy"][label]
+        assert {k: got[k] for k in c} == c
+        assert got["lower"] <= got["accuracy_ties_half"] <= got["upper"]
+
+
+def test_the_verifier_mode_picks_pairs_by_the_checks_alone(
+    moa_run, tiny_models, prompts_dir, tmp_path, engines
+):
+    cfg = _cfg(tiny_models, prompts_dir, tmp_path / "verifier", "judge.mode=verifier")
+    assert [m.display_name for m in cfg.engine_models()] == ["tiny-qwen2-a"]  # the policy, no judge
+    summary = generate_dpo.run(cfg, pools=engines.get(cfg.engine_models()))
+    rows = pq.read_table(tmp_path / "verifier" / "data").to_pylist()
+    assert summary.metrics["judge_tokens"] == 0 and all(r["judgments"] == [] for r in rows)
+    for r in rows:
+        if r["status"] == "error":
+            continue
+        if not r["constraints"]:
+            assert r["status"] != "pair" and "no verifiable instructions" in r["error"]
+            continue
+        passed = [sum(c["follows"]) for c in r["candidates"]]
+        if r["status"] == "pair":
+            assert passed[r["chosen_index"]] == max(passed) > passed[r["rejected_index"]] == min(passed)
+        else:
+            assert len(set(passed)) == 1 or len({c["content"] for c in r["candidates"]}) == 1
+    assert summary.metrics["checks"]["accuracy"] == {}  # the oracle is not scored against itself
 
 
 def test_rerun_of_the_finished_stage_writes_nothing(moa_run):

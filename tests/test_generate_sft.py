@@ -16,6 +16,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from moaa.benchmarks import verifiable
 from moaa.core import schemas, storage
 from moaa.core.config import load_config
 from moaa.core.manifests import ResumeError
@@ -36,13 +37,30 @@ CHATS = {
 LONG = "Please summarize this text. " + "lorem ipsum dolor sit amet " * 120  # > 2048 byte tokens
 
 
+# Verifiable instructions on some rows (prepare's constraints column): a short word limit that tiny models'
+# answers meet, no commas and lowercase, which some of their random texts break.
+FEW_WORDS = {"id": "length_constraints:number_words", "kwargs": '{"num_words": 500, "relation": "less than"}'}
+CONSTRAINTS = {
+    "single0": [{"id": "punctuation:no_comma", "kwargs": "{}"}],
+    "single1": [{"id": "change_case:english_lowercase", "kwargs": "{}"}, FEW_WORDS],
+    "single2": [FEW_WORDS],
+    "chat2": [{"id": "punctuation:no_comma", "kwargs": "{}"}],
+}
+
+
 def _row(pid, turns, originals=True):
     msgs = []
     for u in turns:
         msgs.append({"role": "user", "content": u})
         if originals:
             msgs.append({"role": "assistant", "content": f"ORIGINAL ANSWER to {u}"})
-    return {"prompt_id": pid, "source": "test", "messages": msgs, "n_turns": len(turns)}
+    return {
+        "prompt_id": pid,
+        "source": "test",
+        "messages": msgs,
+        "n_turns": len(turns),
+        "constraints": CONSTRAINTS.get(pid, []),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +151,42 @@ def test_every_row_has_the_moa_answer_and_every_proposal(killed_then_resumed):
                 assert p["completion_tokens"] > 0 and p["prompt_tokens"] > 0
                 assert p["finish_reason"] in {"stop", "length"}
         assert row["aggregator_model"] == "tiny-qwen2-c" and row["run_id"] == "test"
+
+
+def test_instructions_are_checked_and_the_pass_rates_match_a_recount(killed_then_resumed):
+    """Every answer to a row's last turn carries IFEval's verdicts on that row's instructions; the summary's
+    pass rates (summed over the killed run's shard and the resumed one) equal a recount from the Parquet."""
+    rows, checks = _rows(killed_then_resumed["out"]), killed_then_resumed["summary"].metrics["checks"]
+    tagged = [r for r in rows if r["constraints"]]
+    assert sorted(r["prompt_id"] for r in tagged) == sorted(CONSTRAINTS) and checks["prompts"] == 4
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        for p in r["proposals"]:
+            if not r["constraints"] or p["turn"] != r["n_turns"]:
+                assert p["follows"] == [] and p["follows_loose"] == []
+                continue
+            user = [m["content"] for m in r["messages"] if m["role"] == "user"][-1]
+            again = verifiable.check(r["constraints"], p["content"], r["prompt_id"], user)
+            assert p["follows"] == again["strict"] and p["follows_loose"] == again["loose"]
+            assert len(p["follows"]) == len(r["constraints"])
+            c = counts.setdefault(f"layer{p['layer']}/{p['model']}", [0, 0])
+            c[0] += 1
+            c[1] += all(p["follows"])
+    assert {k: [v["answers"], v["passed"]] for k, v in checks["answers"].items()} == counts
+    final = [
+        next(p for p in r["proposals"] if p["turn"] == r["n_turns"] and p["layer"] == 2)
+        for r in tagged
+        if r["error"] is None
+    ]
+    assert checks["final"]["answers"] == len(final) == 4
+    assert checks["final"]["passed"] == sum(all(p["follows"]) for p in final)
+    passed, answers = sum(c[1] for c in counts.values()), sum(c[0] for c in counts.values())
+    assert 0 < passed < answers  # the word limit passes, commas and capitals fail some: the checks decide
+    low, high = checks["final"]["lower"], checks["final"]["upper"]
+    assert low <= checks["final"]["rate"] <= high and (low, high) != (0.0, 1.0)
+    for key, gain in checks["final_vs"].items():
+        assert key in counts and gain["prompts"] == 4
+        assert gain["difference"] == pytest.approx((gain["only_first"] - gain["only_second"]) / 4, abs=1e-4)
 
 
 def test_every_aggregator_prompt_holds_every_proposal_text(killed_then_resumed):

@@ -168,7 +168,7 @@ def test_stages_end_to_end_on_a_state_and_schema():
         convs,
         aggregator="agg",
     )
-    for mode in judge.MODES:
+    for mode in ("moa", "jury", "single"):  # the verifier needs instructions (tests below)
         row = judge.decide(state, mode, judges)
         assert row["status"] == "pair" and row["error"] is None
         assert row["chosen"][0]["content"] == "good" and row["rejected"][0]["content"] == "bad"
@@ -227,9 +227,67 @@ def test_shipped_configs_load():
     assert len(tiny.judge.judges) == 2 and tiny.judge.aggregator is not None
     for name in ("tiny", "paper"):
         assert load_config(JudgeEvalConfig, root / f"configs/judge_eval/{name}.yaml").modes == list(
-            judge.MODES
+            judge.MODES[:3]
         )
     with pytest.raises(Exception, match="aggregator"):
         load_config(GenerateDPOConfig, None, ["judge.aggregator=null"])
     with pytest.raises(Exception, match="n must be"):
         load_config(GenerateDPOConfig, None, ["n=1"])
+
+
+# ------------------------------------------------------------------------- verifiable pairs and the verifier
+
+
+def _planted(candidates: list[str]) -> dict:
+    state = judge.init_state(
+        {
+            "prompt_id": "p",
+            "messages": [{"role": "user", "content": "List fruits. Do not use a single comma."}],
+            "constraints": [{"id": "punctuation:no_comma", "kwargs": "{}"}],
+        },
+        "s",
+    )
+    state["candidates"] = candidates
+    state["candidate_meta"] = [{"finish_reason": "stop", "completion_tokens": 3}] * len(candidates)
+    return state
+
+
+def test_the_verifier_picks_the_candidate_that_follows_the_instructions():
+    row = judge.decide(_planted(["apples, pears", "apples and pears", "plums, figs"]), "verifier", ["j"])
+    assert row["status"] == "pair" and row["chosen_index"] == 1 and row["rejected_index"] in (0, 2)
+    assert [c["follows"] for c in row["candidates"]] == [[False], [True], [False]]
+    assert row["judgments"] == [] and row["judge_tokens"] == 0
+    tied = judge.decide(_planted(["a, b", "c, d"]), "verifier", ["j"])
+    assert tied["status"] == "tie" and tied["chosen_index"] is None
+    plain = _planted(["a", "b"])
+    plain["constraints"] = []
+    row = judge.decide(plain, "verifier", ["j"])
+    assert row["status"] == "tie" and "no verifiable instructions" in row["error"]
+
+
+def _judgment(name: str, role: str, a: int, b: int, verdict: str) -> dict:
+    return {"judge": name, "role": role, "a": a, "b": b, "raw": verdict, "verdict": verdict}
+
+
+def test_accuracy_on_a_planted_verifiable_pair_per_way_of_judging():
+    """Candidate 1 follows the instruction, 0 does not. Judge j1 prefers 1 in both orders, j2 follows the
+    position (A both times: a tie over both orders), the aggregator prefers 0: each view is scored on its
+    own verdicts."""
+    state = _planted(["apples, pears", "apples and pears"])
+    for name, verdicts in (("j1", ("B", "A")), ("j2", ("A", "A")), ("agg", ("A", "B"))):
+        role = "aggregator" if name == "agg" else "judge"
+        state["judgments"] += [
+            _judgment(name, role, 0, 1, verdicts[0]),
+            _judgment(name, role, 1, 0, verdicts[1]),
+        ]
+    row = judge.decide(state, "moa", ["j1", "j2"])
+    acc = judge.verifiable_accuracy(row, ["j1", "j2"], "majority")
+    assert acc["single:j1"] == {"pairs": 1, "correct": 1, "wrong": 0, "ties": 0}
+    assert acc["single:j2"] == {"pairs": 1, "correct": 0, "wrong": 0, "ties": 1}
+    assert acc["moa"] == {"pairs": 1, "correct": 0, "wrong": 1, "ties": 0}
+    # jury of j1 and j2: (0,1): B vs A -> no majority, tie; (1,0): A, A -> A: candidate 1 wins once
+    assert acc["jury"] == {"pairs": 1, "correct": 1, "wrong": 0, "ties": 0}
+    a = judge.JudgeAccuracy.of({"pairs": 40, "correct": 30, "wrong": 10, "ties": 0})
+    assert a.accuracy == 0.75 and a.above_chance and 0.5 < a.lower < 0.75 < a.upper
+    coin = judge.JudgeAccuracy.of({"pairs": 40, "correct": 18, "wrong": 18, "ties": 4})
+    assert coin.accuracy_ties_half == 0.5 and not coin.above_chance

@@ -63,11 +63,16 @@ from pydantic import Field
 from moaa.benchmarks.base import Benchmark, BenchmarkFileError, check_enough, read_file
 from moaa.benchmarks.common import as_object, get_int, get_str, load_jsonl
 from moaa.benchmarks.files import SAMPLE_DIR
-from moaa.core.config import Config, InputPath
-from moaa.engine.settings import SamplingConfig
 
 # The checkers live in the module every stage checks its answers with (re-exported: IFEval's own names).
-from moaa.benchmarks.verifiable import instruction_checkers, loose_variants, punkt_data, verdicts  # noqa: F401
+from moaa.benchmarks.verifiable import (  # noqa: F401
+    instruction_checkers,
+    loose_variants,
+    punkt_data,
+    verdicts,
+)
+from moaa.core.config import Config, InputPath
+from moaa.engine.settings import SamplingConfig
 
 # lm-evaluation-harness's ifeval task (generation_kwargs: do_sample false, temperature 0, max_gen_toks 1280).
 IFEVAL_MAX_TOKENS = 1280

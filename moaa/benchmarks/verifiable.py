@@ -442,6 +442,44 @@ class PassRate(Config):
         return f"{100 * self.rate:.0f}% [{low:.0f}, {high:.0f}] of {self.answers}"
 
 
+class PairedGain(Config):
+    """One pass rate minus another on the same prompts (prompt-level strict), with its 95% interval: e.g.
+    the aggregated answer against one of its proposals."""
+
+    prompts: int = Field(0, description="Prompts both answers were checked on.")
+    only_first: int = Field(0, description="Prompts where only the first answer follows every instruction.")
+    only_second: int = Field(0, description="Prompts where only the second does.")
+    difference: float | None = Field(None, description="First's pass rate minus second's.")
+    lower: float | None = Field(None, description="95% interval of the difference, lower end.")
+    upper: float | None = Field(None, description="95% interval of the difference, upper end.")
+
+    @classmethod
+    def of(cls, c: dict[str, int]) -> PairedGain:
+        d, low, high = paired_difference(
+            c.get("both", 0), c.get("first", 0), c.get("second", 0), c.get("neither", 0)
+        )
+        return cls(
+            prompts=sum(c.get(k, 0) for k in ("both", "first", "second", "neither")),
+            only_first=c.get("first", 0),
+            only_second=c.get("second", 0),
+            difference=None if d is None else round(d, 4),
+            lower=None if low is None else round(low, 4),
+            upper=None if high is None else round(high, 4),
+        )
+
+    def text(self) -> str:
+        if self.difference is None:
+            return "-"
+        low, high = 100 * (self.lower or 0), 100 * (self.upper or 0)
+        return f"{100 * self.difference:+.0f} points [{low:+.0f}, {high:+.0f}]"
+
+
+def add_pair(counts: dict[str, int], first: bool, second: bool) -> None:
+    """Count one prompt of a paired comparison (``PairedGain.of`` reads the counts)."""
+    key = "both" if first and second else "first" if first else "second" if second else "neither"
+    counts[key] = counts.get(key, 0) + 1
+
+
 def paired_difference(
     both: int, only_a: int, only_b: int, neither: int, z: float = Z95
 ) -> tuple[float | None, float | None, float | None]:

@@ -225,7 +225,7 @@ def progress(manifest: dict[str, Any], committed: list[str]) -> dict[str, int]:
 
 def totals(manifest: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
     """Sums of the per-shard stats (every committed shard, or ``names``): numbers added, ``tokens`` per
-    'role/model' added."""
+    'role/model' added, other objects of counts (e.g. verifiable pass counts per model) added key by key."""
     picked = [manifest["shards"][n] for n in (manifest["shards"] if names is None else names)]
     total: defaultdict[str, Any] = defaultdict(int)
     tokens: dict[str, dict[str, int]] = {}
@@ -233,7 +233,19 @@ def totals(manifest: dict[str, Any], names: list[str] | None = None) -> dict[str
         for key, value in stats.items():
             if key == "tokens":
                 stage.add_tokens(tokens, value)
+            elif isinstance(value, dict):
+                total[key] = _add_counts(total[key] if key in total else {}, value)
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 total[key] += value
     total["tokens"] = tokens
     return total
+
+
+def _add_counts(acc: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """``value``'s numbers added into ``acc``, nested objects key by key."""
+    for k, v in value.items():
+        if isinstance(v, dict):
+            acc[k] = _add_counts(acc.get(k, {}), v)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            acc[k] = acc.get(k, 0) + v
+    return acc

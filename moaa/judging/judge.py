@@ -15,7 +15,9 @@ A row's state (one JSON string between Ray Data stages)::
     error, error_stage           set by the first stage that failed; later stages skip the row
 
 Modes: ``moa`` (judges evaluate, an aggregator judge decides each ordered pair), ``jury`` (the judges'
-verdicts are pooled by majority or mean, PoLL) and ``single`` (the first judge alone). Every ordered pair
+verdicts are pooled by majority or mean, PoLL), ``single`` (the first judge alone) and ``verifier`` (no
+model: the candidate that follows more of the prompt's verifiable instructions wins, IFEval's strict
+checks; an oracle baseline for the judges on prompts that carry instructions). Every ordered pair
 (i, j), i != j, is judged once with i as A and once with i as B; a candidate's score is its share of wins
 over all its comparisons (tie = half a win).
 """
@@ -31,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from moaa.benchmarks import verifiable
 from moaa.core.config import Config
 from moaa.embedded import smollm
 from moaa.engine.settings import Completion, ModelConfig, SamplingConfig
@@ -50,7 +53,7 @@ Pair = tuple[int, int]
 VERDICTS = ("A", "B", "tie")
 VALUE = {"A": 1.0, "B": 0.0, "tie": 0.5}  # what a verdict is worth to the candidate shown as A
 MIRROR = {"A": "B", "B": "A", "tie": "tie"}
-MODES = ("moa", "jury", "single")
+MODES = ("moa", "jury", "single", "verifier")
 
 # ----------------------------------------------------------------------------------------------- parsing
 
@@ -139,6 +142,8 @@ def mode_judges(mode: str, judges: list[str]) -> list[str]:
     """The judges whose verdicts a mode uses: all of them, or the first alone in ``single``."""
     if mode not in MODES:
         raise ValueError(f"unknown judge mode {mode!r}; one of {MODES}")
+    if mode == "verifier":
+        return []
     return list(judges[:1]) if mode == "single" else list(judges)
 
 
@@ -147,6 +152,8 @@ def decisive(judgments: list[dict[str, Any]], mode: str, judges: list[str]) -> l
     the first judge's (single)."""
     if mode == "moa":
         return [j for j in judgments if j["role"] == "aggregator"]
+    if mode == "verifier":
+        return []
     used = mode_judges(mode, judges)
     return [j for j in judgments if j["role"] == "judge" and j["judge"] in used]
 
@@ -167,6 +174,71 @@ def final_verdicts(
         else:
             v = vs[-1] if vs[-1] in VALUE else "tie"
             out[pair] = (v, VALUE[v])
+    return out
+
+
+def candidate_checks(state: dict[str, Any]) -> list[list[bool]]:
+    """IFEval's strict verdict on each of the prompt's instructions, per candidate (empty lists when the
+    prompt carries none)."""
+    constraints = state.get("constraints") or []
+    if not constraints:
+        return [[] for _ in state["candidates"]]
+    user = [m["content"] for m in state["prompt"] if m["role"] == "user"][-1]
+    return [verifiable.check(constraints, c, state["prompt_id"], user)["strict"] for c in state["candidates"]]
+
+
+def verifier_verdicts(candidates: list[str], checks: list[list[bool]]) -> dict[Pair, tuple[str, float]]:
+    """The verifier's verdict on every ordered pair: A wins when it follows more instructions than B, a tie
+    when as many (always, on a prompt without instructions)."""
+    out: dict[Pair, tuple[str, float]] = {}
+    for a, b in ordered_pairs(candidates):
+        fa, fb = sum(checks[a]), sum(checks[b])
+        v = "A" if fa > fb else "B" if fa < fb else "tie"
+        out[(a, b)] = (v, VALUE[v])
+    return out
+
+
+def verifiable_pairs(candidates: list[str], checks: list[list[bool]]) -> list[Pair]:
+    """The unordered candidate pairs (passing, failing) where one candidate follows every instruction of the
+    prompt and the other does not: pairs with a right answer, no human label needed."""
+    ok = [bool(c) and all(c) for c in checks]
+    return [
+        (i, j) if ok[i] else (j, i)
+        for i in range(len(candidates))
+        for j in range(i + 1, len(candidates))
+        if ok[i] != ok[j] and candidates[i] != candidates[j] and checks[i] and checks[j]
+    ]
+
+
+def judge_views(mode: str, judges: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """Every way of deciding that one run's judgments allow, as {label: (mode, judges)}: a moa run also
+    holds its judges' verdicts, so the jury and each judge alone are scored on the very same calls."""
+    if mode == "verifier":
+        return {}
+    views = {f"single:{j}": ("single", [j]) for j in mode_judges(mode, judges)}
+    if mode in ("moa", "jury") and len(judges) > 1:
+        views["jury"] = ("jury", list(judges))
+    if mode == "moa":
+        views["moa"] = ("moa", list(judges))
+    return views
+
+
+def verifiable_accuracy(row: dict[str, Any], judges: list[str], vote: str) -> dict[str, dict[str, int]]:
+    """Per ``judge_views`` label of a decided row (``decide``'s output: its judgments are all its mode's
+    calls): of the row's ``verifiable_pairs``, how many the view's final verdicts (both orders together) put
+    the passing candidate above (correct), below (wrong) or level with (ties) the failing one."""
+    candidates = [c["content"] for c in row["candidates"] or []]
+    pairs = verifiable_pairs(candidates, [c["follows"] for c in row["candidates"] or []])
+    out: dict[str, dict[str, int]] = {}
+    if not pairs or row["status"] == "error":
+        return out
+    for label, (view, names) in judge_views(row["judge_mode"], judges).items():
+        finals = final_verdicts(row["judgments"], view, names, vote)
+        c = out.setdefault(label, {"pairs": 0, "correct": 0, "wrong": 0, "ties": 0})
+        for p, f in pairs:
+            value = (finals.get((p, f), ("tie", 0.5))[1] + 1.0 - finals.get((f, p), ("tie", 0.5))[1]) / 2
+            c["pairs"] += 1
+            c["correct" if value > 0.5 else "wrong" if value < 0.5 else "ties"] += 1
     return out
 
 
@@ -229,6 +301,7 @@ def init_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
         "candidates": list(row.get("candidates") or []),
         "candidate_meta": [{"finish_reason": None, "completion_tokens": None}]
         * len(row.get("candidates") or []),
+        "constraints": list(row.get("constraints") or []),
         "criteria": {},
         "judgments": [],
         "tokens": {},
@@ -395,7 +468,11 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         or (k.startswith(("criteria/", "judge/")) and k.split("/", 1)[1] in used)
         or (k.startswith("aggregate/") and mode == "moa")
     }
-    finals = final_verdicts(judgments, mode, judges, vote)
+    checks = candidate_checks(state)
+    if mode == "verifier":
+        finals = verifier_verdicts(cands, checks)
+    else:
+        finals = final_verdicts(judgments, mode, judges, vote)
     score = scores(cands, finals)
     if state["error"] is not None:
         chosen = rejected = None
@@ -404,7 +481,9 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         chosen, rejected, status = select(cands, score)
     reason = {
         "identical": "no pair: all candidates are identical",
-        "tie": "no pair: all candidates tie",
+        "tie": "no pair: all candidates tie"
+        if mode != "verifier" or state.get("constraints")
+        else "no pair: the prompt has no verifiable instructions (judge.mode verifier decides by them alone)",
     }.get(status)
     judge_tokens = sum(
         t["prompt_tokens"] + t["completion_tokens"] for k, t in tokens.items() if not k.startswith("policy/")
@@ -422,12 +501,14 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
         "error_stage": state["error_stage"],
         "status": status,
         "judge_mode": mode,
+        "constraints": state.get("constraints") or [],
         "candidates": [
             {
                 "index": i,
                 "content": t,
                 "score": score[i],
                 **(state["candidate_meta"][i] if i < len(state["candidate_meta"]) else {}),
+                "follows": checks[i],
             }
             for i, t in enumerate(cands)
         ],
@@ -454,12 +535,57 @@ def decide(state: dict[str, Any], mode: str, judges: list[str], vote: str = "maj
 # ------------------------------------------------------------------------------------- config + pipeline
 
 
+class JudgeAccuracy(Config):
+    """How often a way of judging put the candidate that follows every verifiable instruction above one that
+    does not (``verifiable_accuracy``), with the 95% Wilson interval of the accuracy (ties as half)."""
+
+    pairs: int = Field(0, description="Verifiable pairs (one candidate passes every check, the other not).")
+    correct: int = Field(0, description="Pairs where the passing candidate won (both orders together).")
+    wrong: int = Field(0, description="Pairs where the failing candidate won.")
+    ties: int = Field(0, description="Pairs judged level.")
+    accuracy: float | None = Field(None, description="correct / pairs (ties as wrong).")
+    accuracy_ties_half: float | None = Field(None, description="(correct + ties / 2) / pairs.")
+    lower: float | None = Field(None, description="95% Wilson interval of accuracy_ties_half, lower end.")
+    upper: float | None = Field(None, description="95% Wilson interval of accuracy_ties_half, upper end.")
+    above_chance: bool | None = Field(
+        None, description="The interval lies above 0.5: better than a coin flip, measured (null: no pairs)."
+    )
+
+    @classmethod
+    def of(cls, c: dict[str, int]) -> JudgeAccuracy:
+        n = c.get("pairs", 0)
+        if not n:
+            return cls()
+        half = c.get("correct", 0) + 0.5 * c.get("ties", 0)
+        low, high = verifiable.wilson(round(half), n)
+        return cls(
+            pairs=n,
+            correct=c.get("correct", 0),
+            wrong=c.get("wrong", 0),
+            ties=c.get("ties", 0),
+            accuracy=round(c.get("correct", 0) / n, 4),
+            accuracy_ties_half=round(half / n, 4),
+            lower=None if low is None else round(low, 4),
+            upper=None if high is None else round(high, 4),
+            above_chance=low is not None and low > 0.5,
+        )
+
+    def text(self) -> str:
+        if not self.pairs or self.accuracy_ties_half is None:
+            return "-"
+        return f"{self.accuracy_ties_half:.2f} [{self.lower:.2f}, {self.upper:.2f}] on {self.pairs} pairs" + (
+            " (above chance)" if self.above_chance else " (not above chance)"
+        )
+
+
 class JudgeConfig(Config):
     """Who judges and how. Defaults: the embedded tiny CPU setup, MoA mode."""
 
-    mode: Literal["moa", "jury", "single"] = Field(
+    mode: Literal["moa", "jury", "single", "verifier"] = Field(
         "moa",
-        description="moa: judges + aggregator judge; jury: judges vote (PoLL); single: judges[0] alone.",
+        description="moa: judges + aggregator judge; jury: judges vote (PoLL); single: judges[0] alone; "
+        "verifier: no model, the candidate following more of the prompt's verifiable instructions wins "
+        "(prepare's constraints; an oracle baseline on those prompts, no pair on the others).",
     )
     judges: list[ModelConfig] = Field(
         # Sampled, not greedy: a greedy 135M judge gives every pair the same position's verdict, which scores

@@ -3,6 +3,7 @@
 A row's state is a plain dict (carried between Ray Data stages as one JSON string)::
 
     prompt_id, source, shard     from the prompts schema (shard: the input file it came from)
+    constraints                  the verifiable instructions of the last user turn (prompts schema)
     n_turns, system, user_turns  the conversation to regenerate (system may be None)
     answers                      the final (aggregated) answer of each finished turn
     proposals                    every answer of every turn and layer: {turn, layer, model, content,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from moaa.benchmarks import verifiable
 from moaa.engine.settings import Completion
 from moaa.judging.prompts import AGGREGATE_AND_SYNTHESIZE
 
@@ -35,6 +37,7 @@ def init_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
         "source": row["source"],
         "shard": shard,
         "n_turns": int(row["n_turns"]),
+        "constraints": list(row.get("constraints") or []),
         "system": system,
         "user_turns": [m["content"] for m in messages if m["role"] == "user"],
         "answers": [],
@@ -137,8 +140,23 @@ def apply_completion(
         state["answers"].append(completion.text)
 
 
+def checked_proposals(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every proposal with ``follows`` / ``follows_loose``: IFEval's strict and loose verdict on each of the
+    row's instructions, for the answers to the last turn (the one that carries them); empty elsewhere."""
+    constraints, last = state.get("constraints") or [], state["n_turns"]
+    out = []
+    for p in state["proposals"]:
+        if constraints and p["turn"] == last:
+            v = verifiable.check(constraints, p["content"], state["prompt_id"], state["user_turns"][last - 1])
+            out.append({**p, "follows": v["strict"], "follows_loose": v["loose"]})
+        else:
+            out.append({**p, "follows": [], "follows_loose": []})
+    return out
+
+
 def to_sft_row(state: dict[str, Any], **provenance: Any) -> dict[str, Any]:
-    """The output row (schema ``sft``): TRL ``messages`` with the MoA answers, all proposals, error."""
+    """The output row (schema ``sft``): TRL ``messages`` with the MoA answers, all proposals (checked
+    against the row's instructions), error."""
     done = len(state["answers"])
     messages = history(state, done + 1)[:-1] if done < state["n_turns"] else history(state, done)
     if done == state["n_turns"]:
@@ -148,7 +166,8 @@ def to_sft_row(state: dict[str, Any], **provenance: Any) -> dict[str, Any]:
         "source": state["source"],
         "messages": messages,
         "n_turns": state["n_turns"],
-        "proposals": state["proposals"],
+        "constraints": state.get("constraints") or [],
+        "proposals": checked_proposals(state),
         "error": state["error"],
         "error_stage": state["error_stage"],
         **provenance,

@@ -26,15 +26,17 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from moaa.benchmarks import verifiable
+from moaa.benchmarks.verifiable import PairedGain, PassRate
 from moaa.core import layout, manifests, schemas, stage, storage
-from moaa.core.config import InputPath
+from moaa.core.config import Config, InputPath
 from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work, num
 from moaa.embedded import smollm
 from moaa.engine import shards
 from moaa.engine.settings import ModelConfig
 from moaa.engine.vllm import EnginePool
 from moaa.judging import judge
-from moaa.judging.judge import JudgeConfig
+from moaa.judging.judge import JudgeAccuracy, JudgeConfig
 
 NAME = "generate_dpo"
 SFT_STAGE = "generate_sft"
@@ -258,7 +260,7 @@ def aggregate_on_top(candidates: list[dict[str, Any]]) -> bool:
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def shard_stats(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, Any]:
+def shard_stats(rows: list[dict[str, Any]], judges: list[str], vote: str = "majority") -> dict[str, Any]:
     """Per-shard accounting kept in the manifest, so that the summary covers resumed runs too."""
     tokens = stage.token_counter()
     for row in rows:
@@ -287,7 +289,33 @@ def shard_stats(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, Any]
         "judged": len(judged),
         "candidate0_top": sum(aggregate_on_top(r["candidates"]) for r in judged),
         "tokens": dict(tokens),
+        "checks": check_counts(rows, judges, vote),
     }
+
+
+def check_counts(rows: list[dict[str, Any]], judges: list[str], vote: str) -> dict[str, Any]:
+    """Verifiable counts of the rows whose prompt carries instructions: every candidate's, chosen's and
+    rejected's pass counts (``verifiable.add``), chosen against rejected (paired), and per way of judging
+    (``judge.judge_views``) its decisions on the verifiable pairs (``judge.verifiable_accuracy``)."""
+    out: dict[str, Any] = {"prompts": 0, "candidates": verifiable.new_counts()}
+    out.update(chosen=verifiable.new_counts(), rejected=verifiable.new_counts(), chosen_vs_rejected={})
+    out["accuracy"] = {}
+    for r in rows:
+        if not r.get("constraints") or r["status"] == "error":
+            continue
+        out["prompts"] += 1
+        for c in r["candidates"]:
+            verifiable.add(out["candidates"], c["follows"], c["follows"])
+        if r["status"] == "pair":
+            chosen, rejected = r["candidates"][r["chosen_index"]], r["candidates"][r["rejected_index"]]
+            verifiable.add(out["chosen"], chosen["follows"], chosen["follows"])
+            verifiable.add(out["rejected"], rejected["follows"], rejected["follows"])
+            verifiable.add_pair(out["chosen_vs_rejected"], all(chosen["follows"]), all(rejected["follows"]))
+        for label, c in judge.verifiable_accuracy(r, judges, vote).items():
+            acc = out["accuracy"].setdefault(label, {})
+            for k, v in c.items():
+                acc[k] = acc.get(k, 0) + v
+    return out
 
 
 def to_rows(
@@ -307,7 +335,7 @@ def to_rows(
 def commit(name: str, states: list[dict[str, Any]], cfg: GenerateDPOConfig, provenance: dict[str, Any]):
     rows = to_rows(states, cfg.judge_config(), provenance, cfg.pairs)
     tables: dict[str, pa.Table] = {"data": schemas.to_table(rows, "preference")}
-    return tables, shard_stats(rows, cfg.judge_config().judge_names())
+    return tables, shard_stats(rows, cfg.judge_config().judge_names(), cfg.judge.vote)
 
 
 def plan(cfg: GenerateDPOConfig) -> tuple[list[shards.Shard], int]:
@@ -369,6 +397,42 @@ def _ratio(a: float, b: float, digits: int = 4) -> float | None:
     return round(a / b, digits) if b else None
 
 
+class DPOChecks(Config):
+    """Verifiable instructions in the preference data: do chosen answers follow them more often than
+    rejected ones, and how often does each way of judging prefer the candidate that follows them all?"""
+
+    prompts: int = Field(0, description="Judged rows whose prompt carries instructions.")
+    candidates: PassRate = Field(PassRate(), description="Every candidate of those rows (strict checks).")
+    chosen: PassRate = Field(PassRate(), description="The chosen answers of the pairs among them.")
+    rejected: PassRate = Field(PassRate(), description="The rejected answers.")
+    chosen_vs_rejected: PairedGain = Field(PairedGain(), description="Chosen's pass rate minus rejected's.")
+    accuracy: dict[str, JudgeAccuracy] = Field(
+        default_factory=dict,
+        description="Per way of judging (the run's mode, and the jury and single judges its calls allow): "
+        "accuracy on the verifiable pairs, with its interval.",
+    )
+
+    @classmethod
+    def of(cls, c: dict[str, Any]) -> DPOChecks:
+        return cls(
+            prompts=c.get("prompts", 0),
+            candidates=PassRate.of(c.get("candidates", {})),
+            chosen=PassRate.of(c.get("chosen", {})),
+            rejected=PassRate.of(c.get("rejected", {})),
+            chosen_vs_rejected=PairedGain.of(c.get("chosen_vs_rejected", {})),
+            accuracy={k: JudgeAccuracy.of(v) for k, v in sorted(c.get("accuracy", {}).items())},
+        )
+
+    def text(self) -> str:
+        if not self.prompts:
+            return ""
+        acc = "; ".join(f"{k} {a.text()}" for k, a in self.accuracy.items())
+        return (
+            f"instructions followed (strict): chosen {self.chosen.text()}, rejected {self.rejected.text()}"
+            + (f"; judge accuracy on verifiable pairs: {acc}" if acc else "")
+        )
+
+
 class GenerateDPOMetrics(ShardMetrics):
     pairs_strategy: str = Field(
         "policy_samples",
@@ -395,6 +459,9 @@ class GenerateDPOMetrics(ShardMetrics):
     # sanity number: MoA should usually win); null for policy_samples.
     aggregate_top_rate: float | None = Field(
         None, description="moa_sft: judged rows whose aggregated answer ranked above every proposal."
+    )
+    checks: DPOChecks | None = Field(
+        None, description="Verifiable instructions: chosen vs rejected pass rates, judge accuracy per mode."
     )
 
 
@@ -440,6 +507,7 @@ class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
             judge_tokens_per_pair=_ratio(tot["judge_tokens"], tot["pairs"], 1),
             pairs_per_min=round(new_pairs / wall * 60, 2) if committed and wall > 0 else None,
             aggregate_top_rate=_ratio(tot["candidate0_top"], tot["judged"]) if moa_sft else None,
+            checks=DPOChecks.of(tot["checks"]) if tot.get("checks") else None,
         )
         rows = tot["rows"]
         why = (
@@ -448,7 +516,13 @@ class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
             f"consistency {m.position_consistency}: a judge that always picks one position "
             "scores every candidate the same; sample the judges, or use a stronger judge)"
         )
-        if moa_sft:
+        if cfg.judge.mode == "verifier":
+            why = (
+                f"no pairs: judge.mode verifier decides by the prompts' verifiable instructions alone, and on "
+                f"{tot['ties']} of {rows} prompts no candidate followed more of them than another (a prompt "
+                "without instructions never gets a pair: set prepare's constraints.share)"
+            )
+        elif moa_sft:
             why = (
                 f"no pairs: on {tot['ties']} of {rows} rows the aggregated answer did not score above the "
                 f"worst proposal, {tot['identical']} have identical candidates, {tot['errors']} failed "
@@ -477,6 +551,7 @@ class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
             f"{m.verdict_parse_rate}, position consistency {m.position_consistency}, "
             f"{m.judge_tokens_per_pair} judge tokens/pair, {m.pairs_per_min} pairs/min, "
             f"{top}{s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
+            + (f"\n  {m.checks.text()}" if m.checks and m.checks.prompts else "")
         )
 
     def key_numbers(self, s: Summary) -> str:

@@ -21,8 +21,10 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from moaa.benchmarks import verifiable
+from moaa.benchmarks.verifiable import PairedGain, PassRate
 from moaa.core import layout, manifests, schemas, stage, storage
-from moaa.core.config import InputPath
+from moaa.core.config import Config, InputPath
 from moaa.core.stage import Outcome, Price, ShardMetrics, Stage, StageConfig, Summary, Work, num
 from moaa.embedded import smollm
 from moaa.engine import shards
@@ -153,7 +155,44 @@ def shard_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
             t["prompt_tokens"] += p["prompt_tokens"]
             t["completion_tokens"] += p["completion_tokens"]
             t["calls"] += 1
-    return {"rows": len(rows), "errors": sum(r["error"] is not None for r in rows), "tokens": dict(tokens)}
+    return {
+        "rows": len(rows),
+        "errors": sum(r["error"] is not None for r in rows),
+        "tokens": dict(tokens),
+        "checks": check_counts(rows),
+    }
+
+
+def check_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verifiable pass counts (``verifiable.add``) of the rows with instructions: per answer
+    ``layer<L>/<model>`` and per layer ``layer<L>`` over every checked answer, ``final`` over the aggregated
+    answers of the rows that finished, and ``final_vs/<layer>/<model>`` the paired counts of the aggregated
+    answer against each proposal it was made from (first = the aggregated answer)."""
+    out: dict[str, Any] = {"prompts": 0, "answers": {}, "layers": {}, "final": verifiable.new_counts()}
+    out["final_vs"] = {}
+    for row in rows:
+        if not row.get("constraints"):
+            continue
+        out["prompts"] += 1
+        checked = [p for p in row["proposals"] if p["turn"] == row["n_turns"] and p["follows"] is not None]
+        last = max((p["layer"] for p in checked), default=0)
+        final = next(
+            (p for p in checked if p["layer"] == last and p["model"] == row["aggregator_model"]), None
+        )
+        if row["error"] is not None:
+            final = None  # a row that stopped early has no aggregated answer, whatever layer it reached
+        for p in checked:
+            for key in (f"layer{p['layer']}/{p['model']}", f"layer{p['layer']}"):
+                group = "answers" if "/" in key else "layers"
+                verifiable.add(
+                    out[group].setdefault(key, verifiable.new_counts()), p["follows"], p["follows_loose"]
+                )
+            if final is not None and p is not final and p["layer"] == last - 1:
+                pair = out["final_vs"].setdefault(f"layer{p['layer']}/{p['model']}", {})
+                verifiable.add_pair(pair, all(final["follows"]), all(p["follows"]))
+        if final is not None:
+            verifiable.add(out["final"], final["follows"], final["follows_loose"])
+    return out
 
 
 def commit(
@@ -184,10 +223,48 @@ def plan(cfg: GenerateSFTConfig) -> list[shards.Shard]:
     return planned
 
 
+class SFTChecks(Config):
+    """Does aggregation follow instructions better than its inputs? Pass rates of the answers to the prompts
+    that carry verifiable instructions (prepare's ``constraints``), checked by IFEval's checkers."""
+
+    prompts: int = Field(0, description="Rows with instructions.")
+    final: PassRate = Field(PassRate(), description="The aggregated (final) answers.")
+    answers: dict[str, PassRate] = Field(
+        default_factory=dict,
+        description="Per model and layer ('layer<L>/<model>'); the last layer is the aggregator.",
+    )
+    layers: dict[str, PassRate] = Field(default_factory=dict, description="Per layer, over all its models.")
+    final_vs: dict[str, PairedGain] = Field(
+        default_factory=dict,
+        description="The aggregated answer's pass rate minus each proposal's it was made from, on the same "
+        "prompts ('layer<L>/<model>' of the layer before the aggregator).",
+    )
+
+    @classmethod
+    def of(cls, c: dict[str, Any]) -> SFTChecks:
+        return cls(
+            prompts=c.get("prompts", 0),
+            final=PassRate.of(c.get("final", {})),
+            answers={k: PassRate.of(v) for k, v in sorted(c.get("answers", {}).items())},
+            layers={k: PassRate.of(v) for k, v in sorted(c.get("layers", {}).items())},
+            final_vs={k: PairedGain.of(v) for k, v in sorted(c.get("final_vs", {}).items())},
+        )
+
+    def text(self) -> str:
+        """'final 40% [..] of 20; vs smollm2-t0.7 +5 points [..], ...'"""
+        if not self.prompts:
+            return ""
+        vs = ", ".join(f"vs {k.split('/', 1)[1]} {g.text()}" for k, g in self.final_vs.items())
+        return f"instructions followed (strict): aggregated {self.final.text()}" + (f"; {vs}" if vs else "")
+
+
 class GenerateSFTMetrics(ShardMetrics):
     completion_tokens: int | None = Field(None, description="Tokens generated over all of the stage's work.")
     completion_tokens_per_s: float | None = Field(
         None, description="Tokens generated per second by the call that finished the stage (null: none)."
+    )
+    checks: SFTChecks | None = Field(
+        None, description="Verifiable instructions: pass rates per proposer, per layer and of the aggregate."
     )
 
 
@@ -225,6 +302,7 @@ class GenerateSFT(Stage[GenerateSFTConfig, GenerateSFTMetrics]):
                 **shards.progress(manifest, committed),
                 completion_tokens=sum(t["completion_tokens"] for t in total["tokens"].values()),
                 completion_tokens_per_s=round(new_completion / wall, 1) if committed else None,
+                checks=SFTChecks.of(total["checks"]) if total.get("checks") else None,
             ),
         )
 
@@ -236,6 +314,7 @@ class GenerateSFT(Stage[GenerateSFTConfig, GenerateSFTMetrics]):
             f"({m.shards - m.shards_this_run} already done), {m.completion_tokens} completion tokens"
             + (f", {tps} tok/s" if tps else "")
             + f", {s.wall_s} s, ${s.usd:.2f} -> {s.outputs['data']}"
+            + (f"\n  {m.checks.text()}" if m.checks and m.checks.prompts else "")
         )
 
     def key_numbers(self, s: Summary) -> str:
@@ -245,7 +324,8 @@ class GenerateSFT(Stage[GenerateSFTConfig, GenerateSFTMetrics]):
         speed = (
             f" at {num(m.completion_tokens_per_s, 1)} tok/s" if m.completion_tokens_per_s is not None else ""
         )
-        return f"{num(m.completion_tokens)} completion tokens{speed}"
+        checks = f"; {m.checks.text()}" if m.checks and m.checks.prompts else ""
+        return f"{num(m.completion_tokens)} completion tokens{speed}{checks}"
 
 
 STAGE = GenerateSFT()

@@ -35,12 +35,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from moaa.benchmarks import decontaminate
+from moaa.benchmarks import decontaminate, verifiable
+from moaa.benchmarks.verifiable import ConstraintsConfig
 from moaa.core import schemas, storage
 from moaa.core.config import Config, HubIdOrPath, InputPath, UserError
 from moaa.core.stage import Outcome, Stage, StageConfig, StageMetrics, Summary, Work, num
-from moaa.benchmarks import verifiable
-from moaa.benchmarks.verifiable import ConstraintsConfig
 
 NAME = "prepare"
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
