@@ -518,7 +518,7 @@ class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
         )
         if cfg.judge.mode == "verifier":
             why = (
-                f"no pairs: judge.mode verifier decides by the prompts' verifiable instructions alone, and on "
+                f"no pairs: judge.mode verifier decides by the prompts' verifiable instructions alone; on "
                 f"{tot['ties']} of {rows} prompts no candidate followed more of them than another (a prompt "
                 "without instructions never gets a pair: set prepare's constraints.share)"
             )
