@@ -172,3 +172,37 @@ def test_generate_dpo_without_prompts_leaves_no_output(tmp_path):
     cfg = load_config(generate_dpo.GenerateDPOConfig, None, [f"runs_dir={tmp_path}", "run_id=none"])
     with pytest.raises(MissingInputError, match="prepare"):
         generate_dpo.run(cfg)
+
+
+def test_a_generate_dpo_folder_reads_as_verifiable_pairs(tmp_path):
+    """Each (passing, failing) candidate pair of a checked preference row becomes a labeled pair, the
+    passing one first; rows without such a pair are counted as skipped."""
+    from moaa.judging import judge
+
+    def row(pid, candidates, constraints):
+        state = judge.init_state(
+            {"prompt_id": pid, "messages": [{"role": "user", "content": "Q?"}], "constraints": constraints},
+            "s",
+        )
+        state["candidates"] = candidates
+        state["candidate_meta"] = [{"finish_reason": "stop", "completion_tokens": 1}] * len(candidates)
+        return judge.decide(state, "verifier", ["j"])
+
+    no_comma = [{"id": "punctuation:no_comma", "kwargs": "{}"}]
+    rows = [
+        row("a", ["x, y", "x y", "z, w"], no_comma),  # 1 passes: (1, 0) and (1, 2)
+        row("b", ["x y", "z w"], no_comma),  # both pass: no pair
+        row("c", ["x, y", "z"], []),  # no instructions
+    ]
+    (tmp_path / "data").mkdir()
+    storage.write_parquet(schemas.to_table(rows, "preference"), str(tmp_path / "data" / "part-00000.parquet"))
+    got, skipped = judge_eval.labeled_pairs(str(tmp_path / "data"))
+    assert skipped == 2
+    assert [(r["prompt_id"], r["candidates"]) for r in got] == [
+        ("a:1>0", ["x y", "x, y"]),
+        ("a:1>2", ["x y", "z, w"]),
+    ]
+    assert got[0]["messages"] == [{"role": "user", "content": "Q?"}]
+    with pytest.raises(judge_eval.LabeledDataError, match="none of its 1 rows has a verifiable pair"):
+        storage.write_parquet(schemas.to_table(rows[1:2], "preference"), str(tmp_path / "one.parquet"))
+        judge_eval.labeled_pairs(str(tmp_path / "one.parquet"))

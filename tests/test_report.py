@@ -324,7 +324,7 @@ def test_report_of_a_whole_run_names_every_stage_plots_and_says_the_embedded_jud
     [
         (HUB_JUDGE, 0.5429, 35, True),  # within 0.5 +- 0.166: a coin flip
         (HUB_JUDGE, 0.9, 200, False),  # well outside 0.5 +- 0.069
-        (TINY, 0.9, 200, True),  # a tiny random model is noise whatever it scored
+        (TINY, 0.5429, 35, True),  # a tiny random model, measured at chance
     ],
     ids=["hub-judge-at-chance", "hub-judge-measured", "tiny-judge"],
 )
@@ -340,6 +340,53 @@ def test_at_chance_follows_judge_eval_accuracy_and_the_judge_model(
         assert "tiny random-weight model" in text
     if not at_chance:
         assert "not at chance" in text and "above [0.431, 0.569]" in text
+
+
+@pytest.mark.parametrize(("correct", "above"), [(36, True), (22, False)], ids=["above-chance", "at-chance"])
+def test_accuracy_on_verifiable_pairs_decides_the_warning_and_heads_the_report(tmp_path, correct, above):
+    """generate_dpo's judge accuracy on its own verifiable pairs is a measurement: above the coin-flip
+    interval the embedded judge is no longer called at chance there; inside it, it still is. The numbers
+    checked by code come first, with their intervals."""
+    run = build_run(tmp_path)
+    summary = storage.read_json(str(run / "generate_dpo" / "summary.json"))
+    summary["metrics"]["checks"] = {
+        "prompts": 20,
+        "chosen": {"answers": 10, "passed": 7, "rate": 0.7, "lower": 0.397, "upper": 0.892},
+        "rejected": {"answers": 10, "passed": 2, "rate": 0.2, "lower": 0.057, "upper": 0.51},
+        "accuracy": {
+            "moa": {
+                "pairs": 40,
+                "correct": correct,
+                "wrong": 40 - correct,
+                "accuracy_ties_half": correct / 40,
+                "lower": 0.77 if above else 0.39,
+                "upper": 0.96 if above else 0.70,
+                "above_chance": above,
+            }
+        },
+    }
+    storage.write_json(str(run / "generate_dpo" / "summary.json"), summary)
+    sft = storage.read_json(str(run / "generate_sft" / "summary.json"))
+    sft["metrics"]["checks"] = {
+        "prompts": 20,
+        "final": {"answers": 20, "passed": 9, "rate": 0.45, "lower": 0.26, "upper": 0.66},
+        "answers": {"layer1/prop-a": {"answers": 20, "passed": 6, "rate": 0.3, "lower": 0.15, "upper": 0.52}},
+        "final_vs": {"layer1/prop-a": {"prompts": 20, "difference": 0.15, "lower": -0.05, "upper": 0.35}},
+    }
+    storage.write_json(str(run / "generate_sft" / "summary.json"), sft)
+    md = Path(report.write(str(run))["md"]).read_text()
+    findings = {(f.stage.stage, f.stage.round): f for f in report.judge_findings(report.load_run(str(run)))}
+    assert findings[("generate_dpo", 1)].at_chance is (not above)
+    assert "accuracy on verifiable pairs" in findings[("generate_dpo", 1)].why
+    assert (
+        findings[("generate_dpo", 2)].at_chance and findings[("evaluate", 1)].at_chance
+    )  # not measured there: the embedded prior stays
+    measured = md.split("## Measured without a judge")[1].split("\n## ")[0].replace("\\_", "_")
+    assert "chosen 70% [40, 89] of 10 vs rejected 20% [6, 51] of 10" in measured
+    assert f"moa {correct / 40:.2f} [" in measured and ("(above chance)" in measured) is above
+    assert "aggregated 45% [26, 66] of 20; vs prop-a +15 points [-5, +35]" in measured
+    assert "ifeval (ifeval_prompt_level_strict_acc): base 25.0 [10.0, 45.0]" in measured
+    assert md.index("## Measured without a judge") < md.index("## Stages")
 
 
 def test_chance_interval():

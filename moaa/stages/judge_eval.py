@@ -12,8 +12,11 @@ still per mode (the tokens of the calls that mode makes).
 
 Readers (``format``): ``ultrafeedback`` (UltraFeedback's own layout: ``instruction`` + ``completions`` with
 ``overall_score``; chosen = best, rejected = worst, rows whose scores all tie are skipped), ``pairs``
-(``prompt``/``chosen``/``rejected`` as strings or TRL conversational messages, JSONL or Parquet) and
-``llmbar`` (LLMBar's ``input``/``output_1``/``output_2``/``label``); ``auto`` tells them apart by their keys.
+(``prompt``/``chosen``/``rejected`` as strings or TRL conversational messages, JSONL or Parquet),
+``llmbar`` (LLMBar's ``input``/``output_1``/``output_2``/``label``) and ``verifiable`` (a generate_dpo data
+folder or file, schema ``preference``: of each prompt with verifiable instructions, every two candidates of
+which one follows all the instructions and the other does not, labeled by the checks: a judge's accuracy
+without human labels); ``auto`` tells them apart by their keys.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ class JudgeEvalConfig(StageConfig):
     """Judge modes against labeled pairs. Defaults: the sample UltraFeedback rows and the tiny judges."""
 
     data: InputPath = Field(
-        "data/samples/ultrafeedback.jsonl", description="Labeled pairs: .jsonl, .json or .parquet."
+        "data/samples/ultrafeedback.jsonl",
+        description="Labeled pairs: .jsonl, .json or .parquet, or a folder of .parquet files (e.g. a "
+        "generate_dpo run's data/, read as verifiable pairs).",
     )
-    format: Literal["auto", "ultrafeedback", "pairs", "llmbar"] = Field(
+    format: Literal["auto", "ultrafeedback", "pairs", "llmbar", "verifiable"] = Field(
         "auto", description="Input layout (see the module doc); auto: from the first row's keys."
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N usable pairs.")
@@ -111,7 +116,12 @@ class LabeledDataError(UserError, ValueError):
 
 def _load_records(path: str) -> list[dict[str, Any]]:
     if not storage.exists(path):
-        raise LabeledDataError(f"labeled data {path} not found: set data=<.jsonl|.json|.parquet>")
+        raise LabeledDataError(f"labeled data {path} not found: set data=<.jsonl|.json|.parquet|folder>")
+    if storage.is_dir(path):
+        files = sorted(storage.list_files(path, ".parquet"))
+        if not files:
+            raise LabeledDataError(f"{path}: a folder without .parquet files")
+        return [r for f in files for r in storage.read_parquet(f).to_pylist()]
     if path.endswith(".parquet"):
         return storage.read_parquet(path).to_pylist()
     fs, p = storage.resolve(path)
@@ -123,6 +133,8 @@ def _load_records(path: str) -> list[dict[str, Any]]:
 
 
 def detect_format(record: dict[str, Any]) -> str:
+    if {"candidates", "constraints", "prompt"} <= record.keys():
+        return "verifiable"
     if "completions" in record and "instruction" in record:
         return "ultrafeedback"
     if {"prompt", "chosen", "rejected"} <= record.keys():
@@ -131,7 +143,8 @@ def detect_format(record: dict[str, Any]) -> str:
         return "llmbar"
     raise LabeledDataError(
         f"cannot tell the layout of a row with keys {sorted(record)}: expected UltraFeedback (instruction, "
-        "completions), prompt/chosen/rejected or LLMBar (input, output_1, output_2, label); set format"
+        "completions), prompt/chosen/rejected, LLMBar (input, output_1, output_2, label) or generate_dpo's "
+        "preference rows (prompt, candidates, constraints); set format"
     )
 
 
@@ -141,8 +154,14 @@ def labeled_pairs(path: str, fmt: str = "auto", limit: int | None = None) -> tup
     records = _load_records(path)
     if not records:
         raise LabeledDataError(f"{path}: no rows")
-    fmt = detect_format(records[0]) if fmt == "auto" else fmt
+    if fmt == "auto":
+        fmt = detect_format(records[0])
+        if fmt == "verifiable" and not any(r.get("constraints") for r in records):
+            fmt = "pairs"  # preference rows without instructions: their chosen/rejected are the labels
     rows, skipped = [], 0
+    if fmt == "verifiable":
+        rows, skipped = verifiable_rows(path, records)
+        return (rows[:limit] if limit is not None else rows), skipped
     for i, r in enumerate(records):
         try:
             if fmt == "ultrafeedback":
@@ -183,6 +202,42 @@ def labeled_pairs(path: str, fmt: str = "auto", limit: int | None = None) -> tup
     return rows, skipped
 
 
+def verifiable_rows(path: str, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """(rows, skipped) of preference rows with checked candidates: one labeled row per verifiable pair
+    (``judge.verifiable_pairs``: candidate 0 follows every instruction, candidate 1 does not); skipped counts
+    the records without one (no instructions, an error, or candidates that all pass or all fail)."""
+    rows, skipped = [], 0
+    for i, r in enumerate(records):
+        try:
+            cands = r["candidates"] or []
+            texts, checks = [c["content"] for c in cands], [c.get("follows") or [] for c in cands]
+            pairs = [] if r.get("status") == "error" else judge.verifiable_pairs(texts, checks)
+        except (KeyError, TypeError) as e:
+            raise LabeledDataError(
+                f"{path}: row {i} is not a preference row with checked candidates ({type(e).__name__}: {e}); "
+                "give a generate_dpo data folder written with verifiable instructions"
+            ) from None
+        if not pairs:
+            skipped += 1
+        for passing, failing in pairs:
+            rows.append(
+                {
+                    "prompt_id": f"{r['prompt_id']}:{passing}>{failing}",
+                    "source": r.get("source") or "verifiable",
+                    "messages": [{"role": m["role"], "content": m["content"]} for m in r["prompt"]],
+                    "candidates": [texts[passing], texts[failing]],
+                    "constraints": r["constraints"],
+                }
+            )
+    if not rows:
+        raise LabeledDataError(
+            f"{path}: none of its {len(records)} rows has a verifiable pair (a candidate that follows every "
+            "instruction and one that does not): run generate_dpo on prompts with constraints (prepare's "
+            "constraints.share)"
+        )
+    return rows, skipped
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 
 
@@ -214,6 +269,7 @@ def metrics(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, Any]:
         if decisive
         else None,
         "judge_tokens_per_decision": round(tokens / n, 1) if n else None,
+        "judge_tokens_per_correct": round(tokens / correct, 1) if correct else None,
     }
 
 
@@ -227,6 +283,7 @@ COLUMNS = [
     ("position_flip_rate", "{:.3f}"),
     ("verdict_parse_rate", "{:.3f}"),
     ("judge_tokens_per_decision", "{:.0f}"),
+    ("judge_tokens_per_correct", "{:.0f}"),
 ]
 
 
@@ -295,6 +352,9 @@ class ModeNumbers(Config):
     position_flip_rate: float | None = Field(None, description="Verdict followed the position.")
     verdict_parse_rate: float | None = Field(None, description="Decisive verdicts that parsed.")
     judge_tokens_per_decision: float | None = Field(None, description="Judge tokens per pair.")
+    judge_tokens_per_correct: float | None = Field(
+        None, description="Judge tokens per pair judged right: what a correct decision costs."
+    )
 
 
 class JudgeEvalMetrics(ShardMetrics):

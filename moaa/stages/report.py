@@ -487,8 +487,8 @@ def judge_findings(run: Run) -> list[JudgeFinding]:
             else "no accuracy measured"
         )
         at_chance: bool | None = any(verdicts) if verdicts else None
-        if kind:
-            at_chance = True
+        if kind and at_chance is None:
+            at_chance = True  # an embedded judge is at chance until measured otherwise
             why = f"{_kind_words(kind)}; {why}"
         findings.append(JudgeFinding(s, [model_name(m) for m in models], at_chance, why))
     for s in run.of("generate_dpo") + run.of("evaluate"):
@@ -503,7 +503,17 @@ def judge_findings(run: Run) -> list[JudgeFinding]:
         else:
             mode = (s.config.get("judge") or {}).get("mode") or s.metrics.judge_mode
         same = [m for m in measured if models and m[0] == _model_set(models) and m[1] == mode]
-        if kind:
+        verified = verifiable_accuracy(s, mode)
+        if verified is not None:
+            # measured on this stage's own candidates, by code: it replaces any prior about the judge
+            finding = JudgeFinding(
+                s,
+                [model_name(m) for m in models],
+                not verified.above_chance,
+                "accuracy on verifiable pairs (the candidate that follows every instruction vs one that "
+                f"does not, ties as half): {verified.text()}",
+            )
+        elif kind:
             finding = JudgeFinding(s, [model_name(m) for m in models], True, _kind_words(kind))
         elif caveat:
             finding = JudgeFinding(s, [model_name(m) for m in models], True, str(caveat))
@@ -524,6 +534,69 @@ def judge_findings(run: Run) -> list[JudgeFinding]:
         findings.append(finding)
     order = {s.label: i for i, s in enumerate(run.stages)}
     return sorted(findings, key=lambda f: order[f.stage.label])
+
+
+def verifiable_accuracy(s: StageResult, mode: str | None) -> Any:
+    """The judge mode's accuracy on a generate_dpo run's verifiable pairs (``JudgeAccuracy``), or None when
+    the stage measured none (no instructions, or no pair that split them)."""
+    checks = getattr(s.metrics, "checks", None) if s.stage == "generate_dpo" else None
+    if checks is None or mode is None:
+        return None
+    label = mode
+    if mode == "single":
+        judges = judge_models(s.config)
+        label = f"single:{model_name(judges[0])}" if judges else mode
+    found = checks.accuracy.get(label)
+    return found if found is not None and found.pairs else None
+
+
+def measured_section(run: Run) -> list[Block]:
+    """The numbers checked by code, not by a judge: verifiable instructions at each stage and the benchmarks
+    scored without a judge (IFEval), with their intervals. They hold whatever the judge is worth."""
+    items = []
+    for s in run.of("generate_sft"):
+        c = getattr(s.metrics, "checks", None)
+        if s.summary and c is not None and c.prompts:
+            answers = ", ".join(f"{k} {r.text()}" for k, r in c.answers.items())
+            items.append(f"{s.label}: answers following every instruction (strict): {answers}. {c.text()}.")
+    for s in run.of("generate_dpo"):
+        c = getattr(s.metrics, "checks", None)
+        if s.summary and c is not None and c.prompts:
+            items.append(
+                f"{s.label}: chosen {c.chosen.text()} vs rejected {c.rejected.text()} follow every "
+                f"instruction (chosen minus rejected {c.chosen_vs_rejected.text()})"
+                + (
+                    "; judge accuracy on verifiable pairs: "
+                    + "; ".join(f"{k} {a.text()}" for k, a in c.accuracy.items())
+                    if c.accuracy
+                    else ""
+                )
+                + "."
+            )
+    for r in eval_rows(run):
+        b = str(r.get("benchmark"))
+        if judged(b) or r.get("score") is None:
+            continue
+        interval = (
+            f" [{r['lower']:.1f}, {r['upper']:.1f}]"
+            if r.get("lower") is not None and r.get("upper") is not None
+            else ""
+        )
+        items.append(
+            f"{b} ({r.get('metric')}): {r['label']} {r['score']:.1f}{interval} on {r.get('judged')} prompts."
+        )
+    if not items:
+        return []
+    return [
+        Heading("Measured without a judge"),
+        Para(
+            "Checked by code (IFEval's checkers on the prompts' verifiable instructions; 95% intervals): "
+            "these numbers are measurements whatever the judge is worth. Intervals as wide as a demo's few "
+            "prompts give tell apart only large effects.",
+            "note",
+        ),
+        Bullets(items),
+    ]
 
 
 def _kind_words(kind: str) -> str:
@@ -1039,11 +1112,12 @@ def build(run: Run) -> list[Block]:
         blocks.append(
             Para(
                 f"The judge is at chance in this run ({stages}). The DPO pairs, judge scores, margins and "
-                f"benchmark win rates below show how the recipe runs; {MECHANICS}. No number in this "
-                "report is a gain.",
+                f"benchmark win rates below show how the recipe runs; {MECHANICS}. Only the numbers "
+                "measured without a judge (verifiable instructions, IFEval) are measurements.",
                 "warn",
             )
         )
+    blocks += measured_section(run)
     blocks += stages_section(run)
     blocks += judge_section(run, findings)
     blocks += evaluation_section(run, findings)
