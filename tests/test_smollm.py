@@ -181,3 +181,38 @@ def test_sft_lowers_the_loss_and_dpo_raises_the_reward_margin(model, tmp_path):
     result = run_trl(cfg, [str(dpo)], str(tmp_path / "dpo-work"))
     margins = [m for _, m in result["reward_margins"]]
     assert len(margins) == 6 and margins[-1] > margins[0] and margins[-1] > 0, margins
+
+
+def test_evaluate_scores_ifeval_for_the_embedded_model_without_starting_a_judge(model, engines, tmp_path):
+    """IFEval end to end on the shipped excerpt (16 prompts, all 25 kinds): SmolLM2 answers greedily, the
+    checkers score it, and the results row equals a recount from the answers Parquet. No judge engine starts:
+    no benchmark to run needs one."""
+    import pyarrow.parquet as pq
+
+    from moaa.benchmarks import ifeval
+    from moaa.stages import evaluate
+
+    smol = smollm.engine("smollm2", 0.0, 256).model_copy(update={"model": str(model)})
+    cfg = evaluate.EvaluateConfig(
+        models=[smol],
+        mt_bench=None,
+        arena_hard=None,
+        alpaca_eval=None,
+        ifeval={"limit": 16, "max_tokens": 256},
+        output_dir=str(tmp_path / "evaluate"),
+        bootstrap=200,
+    )
+    assert [m.display_name for m in cfg.engine_models()] == ["smollm2"]
+    summary = evaluate.run(cfg, pools=engines.get(cfg.engine_models()))
+    (row,) = pq.read_table(tmp_path / "evaluate" / "results.parquet").to_pylist()
+    answers = pq.read_table(tmp_path / "evaluate" / "answers").to_pylist()
+    assert row["benchmark"] == "ifeval" and len(answers) == row["judged"] == 16 and summary.errors == 0
+    inputs = {str(r["key"]): r for r in ifeval.ifeval_inputs(cfg.ifeval.input_data)}
+    verdicts = [ifeval.verdicts(inputs[a["question_id"]], a["answers"][0]) for a in answers]
+    strict = sum(all(v["strict"]) for v in verdicts)
+    assert row["score"] == pytest.approx(100 * strict / 16)
+    details = json.loads(row["details"])
+    followed = sum(sum(v["strict"]) for v in verdicts)
+    assert details["inst_level_strict_acc"] == pytest.approx(100 * followed / details["instructions"])
+    assert 0 < followed < details["instructions"]  # a real model follows some instructions, not all
+    assert row["lower"] <= row["score"] <= row["upper"] and row["judge_tokens"] == 0

@@ -54,7 +54,13 @@ def init_ray(address: str | None) -> None:
     import ray.data
 
     console.start_ray(address)
-    ray.data.DataContext.get_current().execution_options.preserve_order = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    # Ray Data stops a dataset that moved no block for 30 min: one engine batch of long answers on a busy
+    # CPU engine takes longer (measured here: 64 IFEval answers of up to 1280 tokens on a shared 2-core
+    # machine, killed at 1800 s with the work lost). The engine pools watch their engines themselves
+    # (dead actors are replaced and their requests re-sent), so no dataset-wide timeout is needed.
+    ctx.execution_no_progress_timeout_s = -1
 
 
 def engine_stage(ds, pools: dict[str, EnginePool], model: ModelConfig, build, apply, **stage_kwargs: Any):

@@ -169,7 +169,10 @@ class EvaluateConfig(_Sections):  # type: ignore[misc,valid-type]
         return [layout.resolve_engine(m, self.runs_dir, self.run_id, self.round) for m in self.models]
 
     def engine_models(self) -> list[ModelConfig]:
-        return [*self.answer_models(), *self.judge.models()]
+        """The answering models, and the judges only when a benchmark to run is judged (IFEval alone starts
+        no judge engine)."""
+        judges = self.judge.models() if any(b.judged for b in self.benchmarks()) else []
+        return [*self.answer_models(), *judges]
 
     def fingerprint_data(self) -> Any:
         # Every benchmark's judge prompts, skipped ones too, in the order they were hashed before the registry
