@@ -570,6 +570,7 @@ class GenerateDPO(Stage[GenerateDPOConfig, GenerateDPOMetrics]):
             "pairs": m.pairs,
             "ties": m.ties,
             "position_consistency": m.position_consistency,
+            "checks": m.checks.text() if m.checks and m.checks.prompts else None,
         }
 
 

@@ -327,6 +327,10 @@ class GenerateSFT(Stage[GenerateSFTConfig, GenerateSFTMetrics]):
         checks = f"; {m.checks.text()}" if m.checks and m.checks.prompts else ""
         return f"{num(m.completion_tokens)} completion tokens{speed}{checks}"
 
+    def brief(self, s: Summary) -> dict[str, Any]:
+        m = self.read(s)
+        return {"checks": m.checks.text() if m.checks and m.checks.prompts else None}
+
 
 STAGE = GenerateSFT()
 run = STAGE.run

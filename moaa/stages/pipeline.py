@@ -287,6 +287,10 @@ class StageBrief(Config):
     position_consistency: float | None = Field(None, description="generate_dpo: position consistency.")
     results: list[dict[str, Any]] | None = Field(None, description="evaluate: score rows.")
     caveat: str | None = Field(None, description="evaluate: why the scores may not mean quality.")
+    checks: str | None = Field(
+        None,
+        description="generate_sft/generate_dpo: instruction following, checked by code (with intervals).",
+    )
 
 
 class PipelineMetrics(StageMetrics):
@@ -396,7 +400,8 @@ class Pipeline(Stage[PipelineConfig, PipelineMetrics]):
 def _stage_line(d: StageBrief) -> str:
     extra = f", {d.pairs} pairs, {d.ties} ties" if d.pairs is not None else ""
     note = " (already done)" if d.skipped else ""
-    return f"  round {d.round} {d.stage:<13} {d.rows:>5} rows {d.wall_s:>8} s{extra}{note}"
+    checks = f"\n      {d.checks}" if d.checks else ""
+    return f"  round {d.round} {d.stage:<13} {d.rows:>5} rows {d.wall_s:>8} s{extra}{note}{checks}"
 
 
 STAGE = Pipeline()
