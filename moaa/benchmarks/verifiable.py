@@ -212,12 +212,14 @@ KINDS: dict[str, Kind] = {
         Kind(
             "change_case:english_lowercase",
             lambda r: {},
-            lambda a: "Write the whole reply in lowercase letters only, with no capital letters at all.",
+            lambda a: (
+                "Write the whole reply in English, in lowercase letters only, with no capital letters at all."
+            ),
         ),
         Kind(
             "change_case:english_capital",
             lambda r: {},
-            lambda a: "Write the whole reply in capital letters only.",
+            lambda a: "Write the whole reply in English, in capital letters only.",
         ),
         Kind(
             "detectable_format:title",
