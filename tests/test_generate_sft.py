@@ -324,10 +324,19 @@ def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
 
 
 def _kill_a_busy_engine(killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first engine actor seen answering a request (Ray names a process by the method it runs)."""
+    """SIGKILL the first engine actor of this test's Ray seen answering a request (Ray names a process by
+    the method it runs; the local Ray's processes descend from this one). Engines of other jobs on the
+    machine are left alone: killing them once made a measurement run on the same machine lose its work."""
+    me = os.getpid()
     while not stop.is_set():
         for p in psutil.process_iter(["cmdline"]):
-            if any("_EngineActor.chat" in part for part in p.info["cmdline"] or []):
+            if not any("_EngineActor.chat" in part for part in p.info["cmdline"] or []):
+                continue
+            try:
+                ours = me in {a.pid for a in p.parents()}
+            except psutil.Error:
+                continue
+            if ours:
                 p.kill()
                 killed.append(p.pid)
                 return

@@ -90,8 +90,10 @@ def _ray_processes_since(t0: float) -> list[psutil.Process]:
         try:
             line = " ".join(p.info["cmdline"] or [])
             if p.pid != os.getpid() and p.info["create_time"] >= t0 and any(m in line for m in RAY_MARKERS):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+                # only this suite's (conftest's session mark): other Ray jobs on the machine are not ours
+                if p.environ().get("MOAA_TEST_SESSION") == os.environ.get("MOAA_TEST_SESSION"):
+                    found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
 
