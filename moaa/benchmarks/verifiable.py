@@ -391,21 +391,23 @@ def new_counts() -> dict[str, int]:
     return {
         "answers": 0,
         "passed": 0,
+        "loose_answers": 0,
         "passed_loose": 0,
         "instructions": 0,
         "followed": 0,
-        "followed_loose": 0,
     }
 
 
-def add(counts: dict[str, int], strict: Sequence[bool], loose: Sequence[bool]) -> None:
-    """Count one answer's verdicts (an answer passes when it follows every one of its instructions)."""
+def add(counts: dict[str, int], strict: Sequence[bool], loose: Sequence[bool] | None = None) -> None:
+    """Count one answer's verdicts (an answer passes when it follows every one of its instructions); the
+    loose ones only where they were checked."""
     counts["answers"] += 1
     counts["passed"] += all(strict)
-    counts["passed_loose"] += all(loose)
     counts["instructions"] += len(strict)
     counts["followed"] += sum(strict)
-    counts["followed_loose"] += sum(loose)
+    if loose is not None:
+        counts["loose_answers"] += 1
+        counts["passed_loose"] += all(loose)
 
 
 class PassRate(Config):
@@ -417,7 +419,7 @@ class PassRate(Config):
     rate: float | None = Field(None, description="passed / answers (prompt-level strict accuracy).")
     lower: float | None = Field(None, description="95% Wilson interval of rate, lower end.")
     upper: float | None = Field(None, description="95% Wilson interval of rate, upper end.")
-    loose_rate: float | None = Field(None, description="Prompt-level loose accuracy.")
+    loose_rate: float | None = Field(None, description="Prompt-level loose accuracy (null: not checked).")
     instructions: int = Field(0, description="Instructions checked over all answers.")
     instruction_rate: float | None = Field(None, description="Instructions followed (strict) / instructions.")
 
@@ -432,7 +434,7 @@ class PassRate(Config):
             rate=round(c["passed"] / n, 4) if n else None,
             lower=None if low is None else round(low, 4),
             upper=None if high is None else round(high, 4),
-            loose_rate=round(c["passed_loose"] / n, 4) if n else None,
+            loose_rate=round(c["passed_loose"] / c["loose_answers"], 4) if c.get("loose_answers") else None,
             instructions=ni,
             instruction_rate=round(c["followed"] / ni, 4) if ni else None,
         )

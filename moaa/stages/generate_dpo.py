@@ -305,11 +305,11 @@ def check_counts(rows: list[dict[str, Any]], judges: list[str], vote: str) -> di
             continue
         out["prompts"] += 1
         for c in r["candidates"]:
-            verifiable.add(out["candidates"], c["follows"], c["follows"])
+            verifiable.add(out["candidates"], c["follows"])
         if r["status"] == "pair":
             chosen, rejected = r["candidates"][r["chosen_index"]], r["candidates"][r["rejected_index"]]
-            verifiable.add(out["chosen"], chosen["follows"], chosen["follows"])
-            verifiable.add(out["rejected"], rejected["follows"], rejected["follows"])
+            verifiable.add(out["chosen"], chosen["follows"])
+            verifiable.add(out["rejected"], rejected["follows"])
             verifiable.add_pair(out["chosen_vs_rejected"], all(chosen["follows"]), all(rejected["follows"]))
         for label, c in judge.verifiable_accuracy(r, judges, vote).items():
             acc = out["accuracy"].setdefault(label, {})
