@@ -201,7 +201,9 @@ def test_candidates_are_checked_and_judge_accuracy_on_verifiable_pairs_matches_a
 def test_the_verifier_mode_picks_pairs_by_the_checks_alone(
     moa_run, tiny_models, prompts_dir, tmp_path, engines
 ):
-    cfg = _cfg(tiny_models, prompts_dir, tmp_path / "verifier", "judge.mode=verifier")
+    # 8 samples a prompt: the tiny policy's random texts then split on the checks on some prompt whatever it
+    # samples (with 3, one suite run had no prompt whose candidates differed, so no pair at all)
+    cfg = _cfg(tiny_models, prompts_dir, tmp_path / "verifier", "judge.mode=verifier", "n=8")
     assert [m.display_name for m in cfg.engine_models()] == ["tiny-qwen2-a"]  # the policy, no judge
     summary = generate_dpo.run(cfg, pools=engines.get(cfg.engine_models()))
     rows = pq.read_table(tmp_path / "verifier" / "data").to_pylist()
