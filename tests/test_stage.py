@@ -178,3 +178,41 @@ def test_a_stage_computes_its_fingerprint_once_and_a_rerun_writes_nothing(tmp_pa
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fp").rglob("*")} == written
     summary = json.loads((tmp_path / "fp" / "prepare" / "summary.json").read_text())
     assert summary["config_hash"] == cfg.fingerprint() == first.config_hash
+
+
+@pytest.mark.slow
+def test_each_shard_reaches_the_first_engine_stage_as_its_own_block(ray_local):
+    """Fused with the first engine stage, the loader's tasks were bundled by file item up to the stage's batch
+    size: one task loaded every shard and the layers could not pipeline. Kept apart, every batch the stage
+    gets holds rows of one shard only, and each shard is loaded by a task of its own."""
+    import uuid
+
+    import ray.data
+
+    from moaa.engine import shards
+
+    # defined here, so that Ray ships them by value (the workers cannot import a test module)
+    def forty_rows(path: str, params: dict) -> list[dict]:
+        return [{"shard": path, "i": i} for i in range(40)]
+
+    class Tag:
+        """An actor-pool stage like an engine stage (batch_size 32, the light CPU share): tags each call."""
+
+        def __call__(self, batch):
+            batch["call"] = [uuid.uuid4().hex] * len(batch["state"])
+            return batch
+
+    items = [{"shard": f"s{k}", "source": f"s{k}", "turn": 1, "params": "{}"} for k in range(3)]
+    ds = shards.read(items, forty_rows).map_batches(
+        Tag,
+        batch_size=32,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+        num_cpus=shards.LIGHT_CPUS,
+    )
+    rows = ds.take_all()
+    assert len(rows) == 120
+    shards_of_call: dict[str, set] = {}
+    for r in rows:
+        shards_of_call.setdefault(r["call"], set()).add(json.loads(r["state"])["shard"])
+    assert all(len(s) == 1 for s in shards_of_call.values()), shards_of_call
+    assert "MapBatches(_load)->" not in ds.stats()  # two operators, not one fused
