@@ -542,10 +542,8 @@ def verifiable_accuracy(s: StageResult, mode: str | None) -> Any:
     checks = getattr(s.metrics, "checks", None) if s.stage == "generate_dpo" else None
     if checks is None or mode is None:
         return None
-    label = mode
-    if mode == "single":
-        judges = judge_models(s.config)
-        label = f"single:{model_name(judges[0])}" if judges else mode
+    # a single-mode run has one view, its judge's ("single:<name>")
+    label = next((k for k in checks.accuracy if k.startswith("single:")), mode) if mode == "single" else mode
     found = checks.accuracy.get(label)
     return found if found is not None and found.pairs else None
 
