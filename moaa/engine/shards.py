@@ -249,18 +249,18 @@ def totals(manifest: dict[str, Any], names: list[str] | None = None) -> dict[str
             if key == "tokens":
                 stage.add_tokens(tokens, value)
             elif isinstance(value, dict):
-                total[key] = _add_counts(total[key] if key in total else {}, value)
+                total[key] = add_counts(total[key] if key in total else {}, value)
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 total[key] += value
     total["tokens"] = tokens
     return total
 
 
-def _add_counts(acc: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+def add_counts(acc: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
     """``value``'s numbers added into ``acc``, nested objects key by key."""
     for k, v in value.items():
         if isinstance(v, dict):
-            acc[k] = _add_counts(acc.get(k, {}), v)
+            acc[k] = add_counts(acc.get(k, {}), v)
         elif isinstance(v, int | float) and not isinstance(v, bool):
             acc[k] = acc.get(k, 0) + v
     return acc

@@ -311,10 +311,7 @@ def check_counts(rows: list[dict[str, Any]], judges: list[str], vote: str) -> di
             verifiable.add(out["chosen"], chosen["follows"])
             verifiable.add(out["rejected"], rejected["follows"])
             verifiable.add_pair(out["chosen_vs_rejected"], all(chosen["follows"]), all(rejected["follows"]))
-        for label, c in judge.verifiable_accuracy(r, judges, vote).items():
-            acc = out["accuracy"].setdefault(label, {})
-            for k, v in c.items():
-                acc[k] = acc.get(k, 0) + v
+        shards.add_counts(out["accuracy"], judge.verifiable_accuracy(r, judges, vote))
     return out
 
 
