@@ -67,6 +67,29 @@ def test_a_single_turn_row_gives_the_aggregate_first_then_its_proposals():
     assert s["error"] is None and s["shard"] == "part-00000.parquet" and s["prompt_id"] == "p1"
 
 
+def test_verifiable_checks_are_computed_once_and_generate_sft_s_verdicts_are_reused(monkeypatch):
+    """decide runs once per mode on a judge_eval state, and moa_sft candidates were already checked in
+    generate_sft: the IFEval checkers run once per state, and not at all for a moa_sft state."""
+    from moaa.benchmarks import verifiable
+
+    constraints = [{"id": "punctuation:no_comma", "kwargs": "{}"}]
+    row = _sft_row(turns=(("Q?", ["a, b", "ab"], "AGG"),))
+    row["constraints"] = constraints
+    for p in row["proposals"]:
+        p["follows"] = ["," not in p["content"]]
+    s = generate_dpo.sft_state(row, "x")
+    calls = []
+    real = verifiable.check
+    monkeypatch.setattr(verifiable, "check", lambda *a: calls.append(a) or real(*a))
+    assert judge.candidate_checks(s) == [[True], [False], [True]] and calls == []
+    fresh = {**s, "checks": None}
+    for _ in range(3):  # three modes on one state
+        assert judge.candidate_checks(fresh) == [[True], [False], [True]]
+    assert len(calls) == 3  # once per candidate, on the first call only
+    row["proposals"][0].pop("follows")  # an older generate_sft row without verdicts: checked here
+    assert generate_dpo.sft_state(row, "x")["checks"] is None
+
+
 def test_a_multi_turn_row_uses_its_last_turn_and_last_proposer_layer():
     row = _sft_row(turns=(("Hi", ["h1", "h2"], "HELLO"), ("Bye?", ["b1", "b2"], "BYE")), layers=3)
     s = generate_dpo.sft_state(row, "x")

@@ -179,12 +179,21 @@ def final_verdicts(
 
 def candidate_checks(state: dict[str, Any]) -> list[list[bool]]:
     """IFEval's strict verdict on each of the prompt's instructions, per candidate (empty lists when the
-    prompt carries none)."""
+    prompt carries none). Computed once per state and kept in its ``checks``: judge_eval decides the same
+    state once per mode, and moa_sft states arrive with generate_sft's verdicts already there."""
+    checks = state.get("checks")
+    if checks is not None and len(checks) == len(state["candidates"]):
+        return checks
     constraints = state.get("constraints") or []
     if not constraints:
-        return [[] for _ in state["candidates"]]
-    user = [m["content"] for m in state["prompt"] if m["role"] == "user"][-1]
-    return [verifiable.check(constraints, c, state["prompt_id"], user)["strict"] for c in state["candidates"]]
+        checks = [[] for _ in state["candidates"]]
+    else:
+        user = [m["content"] for m in state["prompt"] if m["role"] == "user"][-1]
+        checks = [
+            verifiable.check(constraints, c, state["prompt_id"], user)["strict"] for c in state["candidates"]
+        ]
+    state["checks"] = checks
+    return checks
 
 
 def verifier_verdicts(candidates: list[str], checks: list[list[bool]]) -> dict[Pair, tuple[str, float]]:
@@ -302,6 +311,7 @@ def init_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
         "candidate_meta": [{"finish_reason": None, "completion_tokens": None}]
         * len(row.get("candidates") or []),
         "constraints": list(row.get("constraints") or []),
+        "checks": None,  # candidate_checks' verdicts, once computed
         "criteria": {},
         "judgments": [],
         "tokens": {},

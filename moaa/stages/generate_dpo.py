@@ -178,6 +178,10 @@ def sft_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
     state["prompt"] = messages[:-1]
     state["candidates"] = [answer, *(p["content"] for p in proposals)]
     state["candidate_meta"] = [_meta(final), *(_meta(p) for p in proposals)]
+    # generate_sft checked these very answers against these instructions: its verdicts are reused
+    follows = [final.get("follows") if final else None, *(p.get("follows") for p in proposals)]
+    if state["constraints"] and all(f is not None for f in follows):
+        state["checks"] = [list(f) for f in follows]
     return state
 
 
