@@ -203,6 +203,9 @@ def test_a_generate_dpo_folder_reads_as_verifiable_pairs(tmp_path):
         ("a:1>2", ["x y", "z, w"]),
     ]
     assert got[0]["messages"] == [{"role": "user", "content": "Q?"}]
+    # the label's verdicts travel with the pair: its state is not checked again
+    assert [r["checks"] for r in got] == [[[True], [False]]] * 2
+    assert judge.init_state(got[0], "s")["checks"] == [[True], [False]]
     with pytest.raises(judge_eval.LabeledDataError, match="none of its 1 rows has a verifiable pair"):
         storage.write_parquet(schemas.to_table(rows[1:2], "preference"), str(tmp_path / "one.parquet"))
         judge_eval.labeled_pairs(str(tmp_path / "one.parquet"))

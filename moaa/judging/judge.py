@@ -311,7 +311,7 @@ def init_state(row: dict[str, Any], shard: str) -> dict[str, Any]:
         "candidate_meta": [{"finish_reason": None, "completion_tokens": None}]
         * len(row.get("candidates") or []),
         "constraints": list(row.get("constraints") or []),
-        "checks": None,  # candidate_checks' verdicts, once computed
+        "checks": row.get("checks"),  # candidate_checks' verdicts, once computed (or brought by the row)
         "criteria": {},
         "judgments": [],
         "tokens": {},

@@ -227,6 +227,8 @@ def verifiable_rows(path: str, records: list[dict[str, Any]]) -> tuple[list[dict
                     "messages": [{"role": m["role"], "content": m["content"]} for m in r["prompt"]],
                     "candidates": [texts[passing], texts[failing]],
                     "constraints": r["constraints"],
+                    # the label's own verdicts: the state is not checked again (under another prompt id)
+                    "checks": [checks[passing], checks[failing]],
                 }
             )
     if not rows:
