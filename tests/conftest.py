@@ -112,6 +112,16 @@ def engines(ray_local) -> SharedEngines:
     return ENGINES
 
 
+# Gemma-2's chat template (google/gemma-2-9b-it, abridged): no system role
+NO_SYSTEM_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """The three tiny local models (tiny-qwen2-a, tiny-llama-b, tiny-qwen2-c), built once per session."""

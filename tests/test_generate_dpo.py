@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import NO_SYSTEM_TEMPLATE
 
 from moaa.benchmarks import verifiable
 from moaa.core import schemas, storage
@@ -220,6 +221,27 @@ def test_the_verifier_mode_picks_pairs_by_the_checks_alone(
         else:
             assert len(set(passed)) == 1 or len({c["content"] for c in r["candidates"]}) == 1
     assert summary.metrics["checks"]["accuracy"] == {}  # the oracle is not scored against itself
+
+
+def test_a_judge_whose_template_rejects_a_system_role_still_judges(
+    tiny_models, prompts_dir, tmp_path, engines
+):
+    """Gemma-2 (the paper's judge) has no system role: its template raises. The judge prompt's system text
+    goes into the user turn, so every pair is judged instead of every row failing "chat template failed"."""
+    import shutil
+
+    judge_model = tmp_path / "tiny-no-system"
+    shutil.copytree(tiny_models / "tiny-llama-b", judge_model)
+    (judge_model / "chat_template.jinja").write_text(NO_SYSTEM_TEMPLATE)
+    cfg = _cfg(
+        tiny_models, prompts_dir, tmp_path / "out", "judge.mode=single", f"judge.judges.0.model={judge_model}"
+    )
+    summary = generate_dpo.run(cfg, pools=engines.get(cfg.engine_models()))
+    rows = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert not [r["error"] for r in rows if r["error"] and "template" in r["error"]]
+    judged = [r for r in rows if r["judgments"]]
+    assert judged and summary.metrics["judge_tokens"] > 0
+    assert all(j["verdict"] is not None for r in judged for j in r["judgments"])
 
 
 def test_rerun_of_the_finished_stage_writes_nothing(moa_run):

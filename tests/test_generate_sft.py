@@ -323,14 +323,15 @@ def test_prompts_with_a_wrong_layout_are_refused_naming_the_file(tmp_path):
     assert not (tmp_path / "out").exists()  # inputs are checked before the output folder is touched
 
 
-def _kill_a_busy_engine(killed: list[int], stop: threading.Event) -> None:
+def _kill_a_busy_engine(killed: list[int], stop: threading.Event, spare: set[int]) -> None:
     """SIGKILL the first engine actor of this test's Ray seen answering a request (Ray names a process by
-    the method it runs; the local Ray's processes descend from this one). Engines of other jobs on the
-    machine are left alone: killing them once made a measurement run on the same machine lose its work."""
+    the method it runs; the local Ray's processes descend from this one), other than those in ``spare``.
+    Engines of other jobs on the machine are left alone: killing them once made a measurement run on the
+    same machine lose its work."""
     me = os.getpid()
     while not stop.is_set():
         for p in psutil.process_iter(["cmdline"]):
-            if not any("_EngineActor.chat" in part for part in p.info["cmdline"] or []):
+            if p.pid in spare or not any("_EngineActor.chat" in part for part in p.info["cmdline"] or []):
                 continue
             try:
                 ours = me in {a.pid for a in p.parents()}
@@ -343,21 +344,69 @@ def _kill_a_busy_engine(killed: list[int], stop: threading.Event) -> None:
         time.sleep(0.02)
 
 
-def test_an_engine_killed_mid_request_is_survived_with_every_row_once(
+def _dies_on_its_next_generate(engine_actor, marker: str) -> None:
+    """Inside the actor: the engine's next generate raises vLLM's EngineDeadError (what LLM.generate raises
+    once its engine core is gone), after leaving ``marker``; the restarted actor has a fresh engine."""
+
+    def dead(*args, **kwargs):
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        Path(marker).write_text(str(os.getpid()))
+        raise EngineDeadError()
+
+    engine_actor.engine.llm.generate = dead
+
+
+def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
     tmp_path, tiny_models, prompts_dir, ray_local
 ):
+    """Two faults in one run, on the real engines: one engine's process is killed mid-request, another's
+    vLLM engine dies inside a live actor (EngineDeadError), which must end that actor so that Ray restarts
+    it, rather than turn every later row of the shard into an error row that would then be committed."""
+    import ray
+
+    from moaa.engine.vllm import start_pools, stop_pools
+
     cfg = load_config(GenerateSFTConfig, TINY, _overrides(tiny_models, prompts_dir, tmp_path / "out"))
+    pools = start_pools(cfg.engine_models())
+    aggregator = pools[next(k for k in pools if "tiny-qwen2-c" in k)].actors[0]
+    dead_pid = ray.get(aggregator.__ray_call__.remote(lambda self: os.getpid()))
+    marker = tmp_path / "engine-dead"
+    ray.get(aggregator.__ray_call__.remote(_dies_on_its_next_generate, str(marker)))
     killed: list[int] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_kill_a_busy_engine, args=(killed, stop), daemon=True)
+    watcher = threading.Thread(target=_kill_a_busy_engine, args=(killed, stop, {dead_pid}), daemon=True)
     watcher.start()
     try:
-        summary = generate_sft.run(cfg)
+        summary = generate_sft.run(cfg, pools=pools)
     finally:
         stop.set()
         watcher.join(timeout=5)
+        stop_pools(pools)
     assert killed, "no busy engine was seen to kill"
-    assert summary.metrics["engine_retries"] >= 1
+    assert marker.read_text() == str(dead_pid), "the dead engine was never asked"
+    assert not psutil.pid_exists(dead_pid) or psutil.Process(dead_pid).status() == psutil.STATUS_ZOMBIE
+    assert summary.metrics["engine_retries"] >= 2  # the killed engine's batch and the dead engine's
     ids = [r["prompt_id"] for r in _rows(tmp_path / "out")]
     assert sorted(ids) == sorted([f"single{i}" for i in range(6)] + ["chat2", "chat3", "long"])
     assert summary.rows == 9 and summary.errors == 1  # only the over-long prompt
+
+
+def test_an_engine_that_never_starts_stops_the_job_after_its_timeout_with_a_reason(ray_local, tiny_models):
+    """An engine asking for more than any node has waits forever in Ray's queue: start_timeout_s ends the
+    wait, names the engine and what no node has, and leaves nothing starting."""
+    import ray
+
+    from moaa.engine.settings import ModelConfig
+    from moaa.engine.vllm import start_pools
+
+    before = ray.available_resources().get("CPU")
+    cfg = ModelConfig(
+        model=str(tiny_models / "tiny-qwen2-a"), num_cpus=1000, start_timeout_s=1, dtype="float32"
+    )
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="did not start within start_timeout_s 1 s") as e:
+        start_pools([cfg])
+    assert time.time() - t0 < 30
+    assert "'tiny-qwen2-a'" in str(e.value) and "no live node has that many CPU" in str(e.value)
+    assert ray.available_resources().get("CPU") == before

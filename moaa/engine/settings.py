@@ -106,6 +106,13 @@ class ModelConfig(Config):
         description="vLLM's log level in the engine actors; WARNING or INFO show its start-up and load logs "
         "(dozens of lines per engine), ERROR keeps the console to Ray Data's progress and moaa's lines.",
     )
+    start_timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="Longest wait for the engines to load (weights downloaded to a fresh node count): then "
+        "the job stops and says what the engine needs and what the cluster has (e.g. a node that never "
+        "came up with enough GPUs).",
+    )
     max_retries: int = Field(
         3,
         ge=0,
@@ -124,9 +131,25 @@ class ModelConfig(Config):
                 f"engine_kwargs may not set {taken}: use the model setting of that name instead "
                 "(e.g. trust_remote_code: true)"
             )
-        if self.num_gpus == 0 and self.tensor_parallel_size > 1:
-            raise ValueError("tensor_parallel_size > 1 needs GPUs: set num_gpus = tensor_parallel_size")
+        gpus = self.gpus_per_engine()
+        if self.num_gpus == 0 and gpus > 1:
+            raise ValueError(
+                f"tensor_parallel_size x pipeline_parallel_size = {gpus} needs GPUs: set num_gpus = {gpus}"
+            )
+        # Ray gives the actor num_gpus GPUs and vLLM spreads the engine over the GPUs it sees: any other
+        # count fails inside vLLM, or leaves GPUs reserved and idle. A fraction shares one GPU.
+        if self.num_gpus > 0 and (self.num_gpus > 1 or gpus > 1) and self.num_gpus != gpus:
+            raise ValueError(
+                f"num_gpus {self.num_gpus:g} is not tensor_parallel_size x pipeline_parallel_size "
+                f"({self.tensor_parallel_size} x {gpus // self.tensor_parallel_size}): set num_gpus = {gpus} "
+                "(a fraction below 1 shares one GPU between engines of one GPU each)"
+            )
         return self
+
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine spreads over: tensor x pipeline parallel (``engine_kwargs``)."""
+        pp = self.engine_kwargs.get("pipeline_parallel_size", 1)
+        return self.tensor_parallel_size * (pp if isinstance(pp, int) and pp > 0 else 1)
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that decide what this model writes (not its resources or batch size): the part
@@ -251,5 +274,5 @@ def check_local(models: list[ModelConfig]) -> None:
 def engine_key(m: ModelConfig) -> str:
     """Models with the same engine settings share one engine pool, whatever role they play: sampling,
     batch size and display name are per call, not per engine."""
-    per_call = {"sampling", "batch_size", "name", "max_retries"}
+    per_call = {"sampling", "batch_size", "name", "max_retries", "start_timeout_s"}
     return json.dumps(m.model_dump(mode="json", exclude=per_call), sort_keys=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -23,10 +24,64 @@ from moaa.core import storage
 from moaa.engine.settings import Completion, ModelConfig, SamplingConfig, engine_key
 
 
+def is_fatal(e: BaseException) -> bool:
+    """Whether an engine error leaves the engine unable to answer any later request: vLLM's engine core
+    is gone (``EngineDeadError``, the error ray.data.llm restarts its actors on) or the GPU context is
+    broken (a CUDA or NCCL error: every later kernel fails too). Any other error belongs to the request."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # another vLLM layout: only the message tells
+        EngineDeadError = ()  # type: ignore[assignment]  # noqa: N806
+    if isinstance(e, EngineDeadError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("CUDA error" in text or "NCCL error" in text)
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation without system messages: their text opens the first user turn (Gemma-2's template
+    raises "System role not supported"; Google's model card says to put instructions in the user turn).
+    The same list when it has no system message."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    if not system:
+        return messages
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    first = next((m for m in rest if m["role"] == "user"), None)
+    if first is None:
+        return [{"role": "user", "content": "\n\n".join(system)}, *rest]
+    first["content"] = "\n\n".join([*system, first["content"]])
+    return rest
+
+
+def render_ids(engine: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation under ``engine.tokenizer``'s chat template, ready for the answer. When the
+    template rejects a conversation with a system message, the system text goes into the first user turn,
+    for this call and every later one of the engine (``engine.fold_system``, said once)."""
+    tok = engine.tokenizer
+    if engine.fold_system:
+        messages = fold_system(messages)
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:
+        folded = fold_system(messages)
+        if folded is messages:
+            raise
+        text = tok.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+        engine.fold_system = True
+        print(
+            f"[engine] {engine.cfg.display_name}: its chat template rejects a system message; system text "
+            "now opens the first user turn"
+        )
+    # The template already holds any BOS; adding special tokens again would double it.
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
 class VLLMEngine:
     """``vllm.LLM`` with chat rendering, length checks and per-row error isolation."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, in_actor: bool = False):
+        # in a Ray actor a fatal engine error ends the process (Ray restarts it); elsewhere it is raised
+        self.in_actor = in_actor
         os.environ["VLLM_LOGGING_LEVEL"] = cfg.log_level
         if cfg.log_level == "ERROR":
             warnings.filterwarnings("ignore", category=FutureWarning)  # vLLM's own deprecation notices
@@ -57,12 +112,11 @@ class VLLMEngine:
             **cfg.engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.fold_system = False  # set by render_ids when the template rejects a system role
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def render(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The template already holds any BOS; adding special tokens again would double it.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return render_ids(self, messages)
 
     def _params(
         self, prompt_len: int, sampling: SamplingConfig, n: int, structured: Any, logprobs: int | None
@@ -121,6 +175,18 @@ class VLLMEngine:
             params = [self._params(len(ids), samplings[i], n, structured, logprobs) for i, ids in todo]
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
+            if is_fatal(e):
+                if not self.in_actor:
+                    raise
+                # The engine cannot answer again, and its rows are not at fault: end the actor, so that Ray
+                # restarts it with a fresh engine and EngineStage sends the batch again. os._exit, as
+                # ray.data.llm does: an exit the actor asks for itself would not be restarted.
+                print(
+                    f"[engine] {self.cfg.display_name}: fatal engine error, exiting so Ray restarts it: "
+                    f"{type(e).__name__}: {e}"
+                )
+                sys.stdout.flush()
+                os._exit(1)
             if len(todo) == 1:
                 results[todo[0][0]].error = f"engine error: {type(e).__name__}: {e}"
                 return
@@ -161,7 +227,12 @@ class EnginePool:
         import ray
 
         try:
-            ray.get([a.ready.remote() for a in self.actors])
+            ray.get([a.ready.remote() for a in self.actors], timeout=self.cfg.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(
+                f"engine for model {self.cfg.display_name!r} ({self.cfg.model}) did not start within "
+                f"start_timeout_s {self.cfg.start_timeout_s:g} s. {_fit_note(self.cfg, ray.nodes())}"
+            ) from None
         except Exception as e:
             raise RuntimeError(
                 f"engine for model {self.cfg.display_name!r} ({self.cfg.model}) failed to start: {e}. "
@@ -175,17 +246,40 @@ class EnginePool:
             ray.kill(a)
 
 
+def _fit_note(cfg: ModelConfig, nodes: list[dict[str, Any]]) -> str:
+    """What one engine of ``cfg`` needs on a single node, against the largest live nodes of the cluster."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    need = {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus}
+    most = {k: max((r.get(k, 0) for r in alive), default=0) for k in need}
+    short = [k for k, v in need.items() if v > most[k]]
+    have = ", ".join(f"{most[k]:g} {k}" for k in need)
+    if short:
+        return (
+            f"One engine needs {need['CPU']:g} CPU and {need['GPU']:g} GPU on one node; no live node has "
+            f"that many {' or '.join(short)} (the largest: {have}). On an autoscaling cluster a node group "
+            "of that size must exist; otherwise lower num_cpus / num_gpus (and tensor_parallel_size)."
+        )
+    return (
+        f"A node with room for it ({need['CPU']:g} CPU, {need['GPU']:g} GPU) exists (the largest: {have}): "
+        "the weights may still be loading (raise start_timeout_s), or other work holds those resources."
+    )
+
+
 def start_pools(models: list[ModelConfig]) -> dict[str, EnginePool]:
     """One engine pool per distinct engine (``engine_key``), all started before any row is read, so that a
-    model that cannot load fails the job at once and by name."""
+    model that cannot load fails the job at once and by name (and no engine is left starting)."""
     from moaa.embedded.models import ensure
 
     ensure([m.model for m in models])
     pools: dict[str, EnginePool] = {}
     for m in models:
         pools.setdefault(engine_key(m), EnginePool(m))
-    for pool in pools.values():
-        pool.wait_ready()
+    try:
+        for pool in pools.values():
+            pool.wait_ready()
+    except BaseException:
+        stop_pools(pools)
+        raise
     return pools
 
 
@@ -196,7 +290,7 @@ def stop_pools(pools: dict[str, EnginePool]) -> None:
 
 class _EngineActor:
     def __init__(self, cfg: ModelConfig):
-        self.engine = VLLMEngine(cfg)
+        self.engine = VLLMEngine(cfg, in_actor=True)
 
     def ready(self) -> int:
         return self.engine.max_model_len
