@@ -147,6 +147,29 @@ def _assert_fails_before_ray(cfg, exc: type[Exception], *needles: str) -> None:
     assert not ray.is_initialized(), "the data check must fail before any worker (or Ray) starts"
 
 
+def test_device_auto_trains_on_cpu_here_and_refuses_to_guess_on_a_cluster_without_gpus(monkeypatch) -> None:
+    """Decision only (the cluster's view faked): test_multinode runs the refusal on a real cluster."""
+    import ray
+
+    from moaa.core.config import UserError
+    from moaa.stages import train as train_stage
+
+    cfg = load_config(TrainSFTConfig, ROOT / "configs/train_sft/tiny.yaml", ["run_id=x"])
+    gpus = {"CPU": 8.0}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: gpus)
+    monkeypatch.setattr(train_stage, "connected_to_a_cluster", lambda: False)
+    assert train_stage.wants_gpu(cfg) is False  # this machine's own Ray, no GPU: CPU
+    monkeypatch.setattr(train_stage, "connected_to_a_cluster", lambda: True)
+    with pytest.raises(UserError, match="scaling.device=gpu .* or scaling.device=cpu"):
+        train_stage.wants_gpu(cfg)
+    gpus["GPU"] = 8.0
+    assert train_stage.wants_gpu(cfg) is True
+    cpu = load_config(
+        TrainSFTConfig, ROOT / "configs/train_sft/tiny.yaml", ["run_id=x", "scaling.device=cpu"]
+    )
+    assert train_stage.wants_gpu(cpu) is False  # what is set is done, GPUs or not
+
+
 def test_missing_or_mistyped_column_is_refused_before_workers_start(tmp_path, tiny_models) -> None:
     table = schemas.to_table(sft_rows(4), "sft")
     bad = str(tmp_path / "missing.parquet")

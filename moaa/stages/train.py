@@ -59,7 +59,8 @@ class ScalingSettings(Config):
     device: Literal["auto", "gpu", "cpu"] = Field(
         "auto",
         description="'gpu': NCCL, gpus_per_worker each; 'cpu': "
-        "gloo; 'auto': gpu if the Ray cluster has GPUs, else cpu.",
+        "gloo; 'auto': gpu if the Ray cluster has GPUs, cpu on a Ray this job started on its own machine; "
+        "on a cluster without GPUs (yet) auto refuses to guess.",
     )
     gpus_per_worker: float = Field(1, gt=0, description="GPUs reserved per worker when on GPU.")
     cpus_per_worker: float = Field(
@@ -641,12 +642,32 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- scale + train (driver) ------------------------------------------------------------------------------
-def wants_gpu(cfg: TrainConfig) -> bool:
+def connected_to_a_cluster() -> bool:
+    """Whether this driver joined a Ray cluster (an address, a submitted job, Ray Client) rather than
+    starting a Ray of its own on this machine."""
     import ray
 
-    if cfg.scaling.device == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return cfg.scaling.device == "gpu"
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node is None or not node.is_head()
+
+
+def wants_gpu(cfg: TrainConfig) -> bool:
+    """'auto': GPU when the cluster has GPUs, CPU on a Ray of this machine without any. On a cluster without
+    GPUs it refuses to guess: an autoscaling cluster scaled to zero shows no GPU until work asks for one,
+    and training an 8B model on its CPUs would be the wrong guess."""
+    import ray
+
+    if cfg.scaling.device != "auto":
+        return cfg.scaling.device == "gpu"
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return True
+    if connected_to_a_cluster():
+        raise UserError(
+            "scaling.device auto: the Ray cluster has no GPU now, and an autoscaling cluster adds GPU nodes "
+            "only for work that asks for them. Set scaling.device=gpu (training waits for GPU workers) or "
+            "scaling.device=cpu (train on the cluster's CPUs)."
+        )
+    return False
 
 
 def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict[str, float]:
