@@ -110,6 +110,29 @@ def test_prepare_and_generate_on_s3_then_resume(s3, s3_model, ray_with_s3_env, t
     assert generate_sft.main(cfg) == summary  # finished: the stored summary, nothing written
 
 
+def test_ranks_of_one_node_fetch_a_model_from_s3_once(s3, s3_model, tmp_path, tiny_models):
+    """Eight processes of one node (training ranks, engines) ask for the same S3 model at once: one fetches
+    it under the node's file lock, the others wait and read that copy."""
+    import subprocess
+    import sys
+
+    code = "import sys; from moaa.core import storage; print('dest', storage.local_copy(sys.argv[1]))"
+    env = {**os.environ, "MOAA_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, s3_model], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum(o.count("[storage] fetched s3://") for o in outs) == 1, outs
+    dests = {line.split(" ", 1)[1] for o in outs for line in o.splitlines() if line.startswith("dest ")}
+    assert len(dests) == 1
+    dest = Path(dests.pop())
+    want = sorted(p.name for p in (tiny_models / "tiny-qwen2-a").iterdir())
+    assert sorted(p.name for p in dest.iterdir()) == want
+    assert not list(dest.parent.glob("*.tmp-*"))  # no partial copy left
+
+
 def test_a_model_in_s3_without_config_is_refused_before_engines_start(s3, tiny_models):
     prepare.main(
         load_config(

@@ -639,3 +639,42 @@ def test_the_gpu_stack_installs_the_versions_this_suite_runs():
     for f in ["aws.yaml", "gcp.yaml"]:
         ray_versions |= set(re.findall(r"rayproject/ray:([\d.]+)", (CLUSTER / f).read_text()))
     assert ray_versions == {pins["ray"]}, ray_versions
+
+
+def cache_volume_problems(cluster: dict) -> list[str]:
+    """Every pod keeps weights, caches and checkpoint scratch (HF_HOME, MOAA_CACHE, TMPDIR) on a mounted
+    volume, never in the container layer; on the GPU group that volume is not memory and outlives the pod."""
+    spec = cluster["spec"]
+    groups = [("head", spec["headGroupSpec"]), *((g["groupName"], g) for g in spec["workerGroupSpecs"])]
+    problems = []
+    for name, group in groups:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            mounts = {m["mountPath"]: volumes.get(m["name"]) for m in c.get("volumeMounts", [])}
+            for var in ("HF_HOME", "MOAA_CACHE", "TMPDIR"):
+                path = env.get(var)
+                vol = next((v for m, v in mounts.items() if path and (path + "/").startswith(m + "/")), None)
+                if vol is None:
+                    problems.append(f"{name}: {var}={path} is not on a mounted volume")
+                elif name.startswith("gpu") and (
+                    "hostPath" not in vol and "persistentVolumeClaim" not in vol
+                ):
+                    problems.append(f"{name}: {var} is on {vol['name']}, which goes with the pod")
+                elif vol.get("emptyDir", {}).get("medium") == "Memory":
+                    problems.append(f"{name}: {var} is on a memory volume")
+    return problems
+
+
+def test_every_pod_keeps_weights_and_scratch_on_a_disk_volume():
+    cluster = _yaml_docs(CLUSTER / "raycluster.yaml")[0]
+    assert cache_volume_problems(cluster) == []
+    broken = copy.deepcopy(cluster)
+    gpu = broken["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    gpu["volumes"] = [v for v in gpu["volumes"] if v["name"] != "cache"] + [{"name": "cache", "emptyDir": {}}]
+    assert cache_volume_problems(broken) == [f"gpu-8x: {v} is on cache, which goes with the pod" for v in
+                                             ("HF_HOME", "MOAA_CACHE", "TMPDIR")]  # fmt: skip
+    head = broken["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["volumeMounts"] = [m for m in head["volumeMounts"] if m["name"] != "cache"]
+    assert "head: MOAA_CACHE=/mnt/cache/moaa is not on a mounted volume" in cache_volume_problems(broken)

@@ -362,7 +362,8 @@ def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
 ):
     """Two faults in one run, on the real engines: one engine's process is killed mid-request, another's
     vLLM engine dies inside a live actor (EngineDeadError), which must end that actor so that Ray restarts
-    it, rather than turn every later row of the shard into an error row that would then be committed."""
+    it, rather than turn every later row of the shard into an error row that would then be committed. Then
+    the pools' shutdown returns only once their processes are gone."""
     import ray
 
     from moaa.engine.vllm import start_pools, stop_pools
@@ -379,10 +380,17 @@ def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
     watcher.start()
     try:
         summary = generate_sft.run(cfg, pools=pools)
+        # shutdown returns once every engine process is gone, children too (on a GPU, vLLM's engine core
+        # and tensor-parallel workers are the actor's children: here a stand-in child)
+        actors = [a for pool in pools.values() for a in pool.actors]
+        pids = [ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in actors]
+        child = ray.get(actors[0].__ray_call__.remote(lambda self: subprocess.Popen(["sleep", "600"]).pid))
     finally:
         stop.set()
         watcher.join(timeout=5)
         stop_pools(pools)
+    left = [p for p in [*pids, child] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, f"engine processes still running after shutdown: {left}"
     assert killed, "no busy engine was seen to kill"
     assert marker.read_text() == str(dead_pid), "the dead engine was never asked"
     assert not psutil.pid_exists(dead_pid) or psutil.Process(dead_pid).status() == psutil.STATUS_ZOMBIE

@@ -222,28 +222,57 @@ class EnginePool:
         )(_EngineActor)
         self.cfg = cfg
         self.actors = [actor_cls.remote(cfg) for _ in range(cfg.replicas)]
+        self.started: list[Any] = []
 
     def wait_ready(self) -> None:
         import ray
 
-        try:
-            ray.get([a.ready.remote() for a in self.actors], timeout=self.cfg.start_timeout_s)
-        except ray.exceptions.GetTimeoutError:
+        calls = {a.ready.remote(): a for a in self.actors}
+        done, pending = ray.wait(list(calls), num_returns=len(calls), timeout=self.cfg.start_timeout_s)
+        self.started = [calls[r] for r in done]  # the ones shutdown asks to end their processes
+        if pending:
             raise RuntimeError(
                 f"engine for model {self.cfg.display_name!r} ({self.cfg.model}) did not start within "
                 f"start_timeout_s {self.cfg.start_timeout_s:g} s. {_fit_note(self.cfg, ray.nodes())}"
-            ) from None
+            )
+        try:
+            ray.get(done)
         except Exception as e:
             raise RuntimeError(
                 f"engine for model {self.cfg.display_name!r} ({self.cfg.model}) failed to start: {e}. "
                 "Check the model path or hub id, max_model_len and the resources in its config."
             ) from None
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 60) -> None:
+        """Stop the engines and return once their processes are gone, so that their GPU memory is free for
+        the next stage's engines (vLLM refuses to start below its memory target). Each engine first ends
+        its own child processes (vLLM's engine core and tensor-parallel workers: killing the actor kills
+        only the actor), then the actor is killed and its process waited for (by pid on this node, through
+        Ray elsewhere)."""
         import ray
 
+        closing = [a.close.remote() for a in self.started]
+        done = ray.wait(closing, num_returns=len(closing), timeout=timeout_s / 2)[0] if closing else []
+        here = ray.get_runtime_context().get_node_id()
+        pids = []
+        for ref in done:
+            try:
+                info = ray.get(ref)
+            except ray.exceptions.RayError:  # already dead, or never started
+                continue
+            if info["node"] == here:
+                pids.append(info["pid"])
         for a in self.actors:
             ray.kill(a)
+        deadline = time.time() + timeout_s / 2
+        for a in self.actors:  # a killed actor answers with an error once Ray knows it is dead
+            while time.time() < deadline:
+                try:
+                    ray.get(a.ready.remote(), timeout=max(0.1, deadline - time.time()))
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    break
+                time.sleep(0.1)
+        _wait_gone(pids, deadline)
 
 
 def _fit_note(cfg: ModelConfig, nodes: list[dict[str, Any]]) -> str:
@@ -288,12 +317,52 @@ def stop_pools(pools: dict[str, EnginePool]) -> None:
         pool.shutdown()
 
 
+def _wait_gone(pids: list[int], deadline: float) -> None:
+    """Until each process has exited (a zombie holds no memory: its parent reaps it) or the deadline."""
+    import psutil
+
+    for pid in pids:
+        while time.time() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+
+
+def end_children(timeout_s: float = 20) -> None:
+    """End this process's descendants (terminate, then kill what is left) and wait for them."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for c in children:
+        try:
+            c.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout_s)
+    for c in alive:
+        try:
+            c.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)
+
+
 class _EngineActor:
     def __init__(self, cfg: ModelConfig):
         self.engine = VLLMEngine(cfg, in_actor=True)
 
     def ready(self) -> int:
         return self.engine.max_model_len
+
+    def close(self) -> dict[str, Any]:
+        """Before the actor is killed: end the engine's child processes; where and who this actor is."""
+        import ray
+
+        end_children()
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def chat(self, conversations, sampling=None, n=1, structured=None, logprobs=None) -> list[Completion]:
         if structured is not None:

@@ -10,6 +10,7 @@ Face format (what vLLM and transformers load) and the driver writes ``summary.js
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -612,28 +613,32 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     if not config["use_gpu"]:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     scratch = tempfile.mkdtemp(prefix=f"moaa-{cfg.stage}-rank{rank}-")
+    checkpoint = ray.train.get_checkpoint()
+    resumed = checkpoint.path if checkpoint is not None else None
     try:
-        resume_from, resumed = None, None
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            resumed = checkpoint.path
-            resume_from = checkpoint.to_directory(os.path.join(scratch, "resume"))
-            if rank == 0:
-                note = f"resuming from {resumed} with {world} worker(s)"
-                print(f"[{cfg.stage}] {note}", flush=True)
-                config["board"].note.remote(note)  # the driver's console shows it
-        worker_groups = _worker_groups(resume_from, world)
-        final_dir = os.path.join(scratch, "final")
-        result = run_trl(
-            cfg,
-            config["files"],
-            os.path.join(scratch, "hf"),
-            world_size=world,
-            use_gpu=config["use_gpu"],
-            resume_from=resume_from,
-            callbacks=[_report_callback(worker_groups), _board_callback(config["board"])],
-            final_dir=final_dir,
-        )
+        with contextlib.ExitStack() as stack:
+            resume_from = None
+            if checkpoint is not None:
+                # as_directory: a checkpoint on a local or shared filesystem is read where it is; one in
+                # s3:// or gs:// is downloaded once per node (Ray's file lock: the node's other ranks wait for
+                # that copy), not once per rank (8 ranks x a ~96 GB FSDP checkpoint of an 8B model)
+                resume_from = stack.enter_context(checkpoint.as_directory())
+                if rank == 0:
+                    note = f"resuming from {resumed} with {world} worker(s)"
+                    print(f"[{cfg.stage}] {note}", flush=True)
+                    config["board"].note.remote(note)  # the driver's console shows it
+            worker_groups = _worker_groups(resume_from, world)
+            final_dir = os.path.join(scratch, "final")
+            result = run_trl(
+                cfg,
+                config["files"],
+                os.path.join(scratch, "hf"),
+                world_size=world,
+                use_gpu=config["use_gpu"],
+                resume_from=resume_from,
+                callbacks=[_report_callback(worker_groups), _board_callback(config["board"])],
+                final_dir=final_dir,
+            )
         if rank == 0:
             _publish(final_dir, layout.output_of(cfg.out_dir(), cfg.stage))
         return {**result, "resumed_from": resumed, "worker_groups": worker_groups}
