@@ -170,6 +170,33 @@ def test_device_auto_trains_on_cpu_here_and_refuses_to_guess_on_a_cluster_withou
     assert train_stage.wants_gpu(cpu) is False  # what is set is done, GPUs or not
 
 
+def test_a_softcapped_model_trains_with_attention_that_applies_the_cap(tmp_path) -> None:
+    """Gemma-2 (the paper's 9B target) caps attention logits; SDPA drops the cap, so a tiny random Gemma-2
+    gives other logits under SDPA than under eager attention, and load_model picks eager for it (and the
+    default for a model without a cap)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    from moaa.stages.train import load_model
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, attn_logit_softcapping=0.5, final_logit_softcapping=None,
+        initializer_range=1.0,  # attention logits well above the cap (at 0.02 they are ~0: the cap is moot)
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "gemma2")
+    model = load_model(str(tmp_path / "gemma2"), torch.float32)
+    assert model.config._attn_implementation == "eager"
+    sdpa = AutoModelForCausalLM.from_pretrained(tmp_path / "gemma2", attn_implementation="sdpa")
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, sdpa(ids).logits, atol=1e-4)  # the cap matters here
+    cfg.attn_logit_softcapping = None
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "uncapped")
+    assert load_model(str(tmp_path / "uncapped"), torch.float32).config._attn_implementation != "eager"
+
+
 def test_missing_or_mistyped_column_is_refused_before_workers_start(tmp_path, tiny_models) -> None:
     table = schemas.to_table(sft_rows(4), "sft")
     bad = str(tmp_path / "missing.parquet")

@@ -352,6 +352,19 @@ def _last_loss(log_history: list[dict[str, Any]]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
+def load_model(model_dir: str, dtype: Any) -> Any:
+    """The model to train, with an attention that computes what the model is: Gemma-2 caps its attention
+    logits (``attn_logit_softcapping``), which transformers' SDPA attention drops and vLLM applies, so
+    training would differ from inference; eager attention applies it (as transformers advises for Gemma-2)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    softcapped = getattr(config, "attn_logit_softcapping", None) is not None
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, **({"attn_implementation": "eager"} if softcapped else {})
+    )
+
+
 def run_trl(
     cfg: TrainConfig,
     files: list[str],
@@ -366,7 +379,7 @@ def run_trl(
     """Build the TRL trainer for ``cfg`` and train; returns the run's numbers. Inside Ray Train the process
     group is already up (accelerate picks it up from the environment Ray sets)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     is_sft = isinstance(cfg, TrainSFTConfig)
@@ -377,11 +390,8 @@ def run_trl(
     # an s3:// or gs:// model is copied to this node first: transformers loads local folders and hub ids
     model_dir = storage.local_copy(cfg.model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        # GPU: bf16 weights (memory for 8B models); CPU: fp32 weights, bf16 autocast, fp32 optimizer updates
-        model_dir,
-        dtype=torch.bfloat16 if bf16 and use_gpu else torch.float32,
-    )
+    # GPU: bf16 weights (memory for 8B models); CPU: fp32 weights, bf16 autocast, fp32 optimizer updates
+    model = load_model(model_dir, torch.bfloat16 if bf16 and use_gpu else torch.float32)
 
     class Progress(TrainerCallback):
         """One line per log step on rank 0: Ray forwards worker output to the driver's console."""
