@@ -135,6 +135,15 @@ def test_scaling_config_is_elastic_when_a_range_is_given() -> None:
     assert sc.num_workers == (1, 2) and sc.elasticity_enabled and sc.resources_per_worker == {"CPU": 1}
     sc = scaling_config(load_config(TrainSFTConfig, None, ["scaling.gpus_per_worker=2"]), use_gpu=True)
     assert sc.num_workers == 1 and sc.use_gpu and sc.resources_per_worker == {"CPU": 1, "GPU": 2}
+    assert sc.placement_strategy == "PACK"
+    # TRL caches precomputed reference log-probs on rank 0's node only: such a DPO run stays on one node
+    dpo = load_config(TrainDPOConfig, ROOT / "configs/train_dpo/llama31_8b.yaml", ["run_id=x"])
+    assert (
+        dpo.reference == "precomputed"
+        and scaling_config(dpo, use_gpu=True).placement_strategy == "STRICT_PACK"
+    )
+    frozen = load_config(TrainDPOConfig, None, ["reference=frozen_copy"])
+    assert scaling_config(frozen, use_gpu=True).placement_strategy == "PACK"
 
 
 def _assert_fails_before_ray(cfg, exc: type[Exception], *needles: str) -> None:

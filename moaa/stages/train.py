@@ -266,7 +266,8 @@ class TrainDPOConfig(TrainConfig):
     reference: Literal["frozen_copy", "precomputed"] = Field(
         "frozen_copy",
         description="'frozen_copy': a second copy of the starting model in memory; "
-        "'precomputed': its log-probs computed once before training, then no reference model is kept.",
+        "'precomputed': its log-probs computed once before training, then no reference model is kept (TRL "
+        "caches them on rank 0's node: the workers are kept on one node).",
     )
 
     stage: ClassVar[str] = "train_dpo"
@@ -697,10 +698,15 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool):
     num_workers: int | tuple[int, int] = (
         s.num_workers if s.min_workers is None else (s.min_workers, s.num_workers)
     )
+    # TRL writes the precomputed reference log-probs on rank 0 only, beside the dataset file, which is in each
+    # node's temp folder: ranks on another node would not find them. Such a run keeps its workers on one node
+    # (8 GPU workers fit one node of cluster/raycluster.yaml; the frozen copy has no such limit).
+    one_node = isinstance(cfg, TrainDPOConfig) and cfg.reference == "precomputed"
     return ScalingConfig(
         num_workers=num_workers,
         use_gpu=use_gpu,
         resources_per_worker=worker_resources(cfg, use_gpu),
+        placement_strategy="STRICT_PACK" if one_node else "PACK",
         elastic_resize_monitor_interval_s=s.resize_interval_s,
     )
 
