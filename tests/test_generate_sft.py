@@ -358,18 +358,16 @@ def _dies_on_its_next_generate(engine_actor, marker: str) -> None:
 
 
 def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
-    tmp_path, tiny_models, prompts_dir, ray_local
+    tmp_path, tiny_models, prompts_dir, engines
 ):
-    """Two faults in one run, on the real engines: one engine's process is killed mid-request, another's
-    vLLM engine dies inside a live actor (EngineDeadError), which must end that actor so that Ray restarts
-    it, rather than turn every later row of the shard into an error row that would then be committed. Then
-    the pools' shutdown returns only once their processes are gone."""
+    """Two faults in one run, on the session's real engines: one engine's process is killed mid-request,
+    another's vLLM engine dies inside a live actor (EngineDeadError), which must end that actor so that Ray
+    restarts it, rather than turn every later row of the shard into an error row that would then be
+    committed. Ray restarts both (later tests use them)."""
     import ray
 
-    from moaa.engine.vllm import start_pools, stop_pools
-
     cfg = load_config(GenerateSFTConfig, TINY, _overrides(tiny_models, prompts_dir, tmp_path / "out"))
-    pools = start_pools(cfg.engine_models())
+    pools = engines.get(cfg.engine_models())
     aggregator = pools[next(k for k in pools if "tiny-qwen2-c" in k)].actors[0]
     dead_pid = ray.get(aggregator.__ray_call__.remote(lambda self: os.getpid()))
     marker = tmp_path / "engine-dead"
@@ -380,17 +378,9 @@ def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
     watcher.start()
     try:
         summary = generate_sft.run(cfg, pools=pools)
-        # shutdown returns once every engine process is gone, children too (on a GPU, vLLM's engine core
-        # and tensor-parallel workers are the actor's children: here a stand-in child)
-        actors = [a for pool in pools.values() for a in pool.actors]
-        pids = [ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in actors]
-        child = ray.get(actors[0].__ray_call__.remote(lambda self: subprocess.Popen(["sleep", "600"]).pid))
     finally:
         stop.set()
         watcher.join(timeout=5)
-        stop_pools(pools)
-    left = [p for p in [*pids, child] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    assert not left, f"engine processes still running after shutdown: {left}"
     assert killed, "no busy engine was seen to kill"
     assert marker.read_text() == str(dead_pid), "the dead engine was never asked"
     assert not psutil.pid_exists(dead_pid) or psutil.Process(dead_pid).status() == psutil.STATUS_ZOMBIE
@@ -398,6 +388,26 @@ def test_an_engine_killed_or_dead_mid_request_is_survived_with_every_row_once(
     ids = [r["prompt_id"] for r in _rows(tmp_path / "out")]
     assert sorted(ids) == sorted([f"single{i}" for i in range(6)] + ["chat2", "chat3", "long"])
     assert summary.rows == 9 and summary.errors == 1  # only the over-long prompt
+
+
+def test_a_pool_shutdown_returns_once_its_processes_and_their_children_are_gone(ray_local, tiny_models):
+    """The next stage's engines need the GPU memory of the stopped ones: shutdown returns only when the
+    engine processes are gone, their children too (on a GPU, vLLM's engine core and tensor-parallel workers
+    are the actor's children: here a stand-in child)."""
+    import ray
+
+    from moaa.engine.settings import ModelConfig
+    from moaa.engine.vllm import start_pools, stop_pools
+
+    cfg = ModelConfig(model=str(tiny_models / "tiny-qwen2-a"), dtype="float32", enforce_eager=True,
+                      max_model_len=256, kv_cache_space_gb=1, num_cpus=0.1)  # fmt: skip
+    pools = start_pools([cfg])
+    actors = [a for pool in pools.values() for a in pool.actors]
+    pids = [ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in actors]
+    child = ray.get(actors[0].__ray_call__.remote(lambda self: subprocess.Popen(["sleep", "600"]).pid))
+    stop_pools(pools)
+    left = [p for p in [*pids, child] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, f"engine processes still running after shutdown: {left}"
 
 
 def test_an_engine_that_never_starts_stops_the_job_after_its_timeout_with_a_reason(ray_local, tiny_models):
