@@ -53,7 +53,10 @@ BAD_SETTINGS = [
     ("aggregator.replicas=0", "aggregator.replicas"),
     ("aggregator.num_cpus=0", "aggregator.num_cpus"),
     ("aggregator.num_gpus=-1", "aggregator.num_gpus"),
-    ("aggregator.tensor_parallel_size=2", "tensor_parallel_size > 1 needs GPUs"),
+    (
+        "aggregator.tensor_parallel_size=2",
+        "tensor_parallel_size x pipeline_parallel_size = 2 needs GPUs: set num_gpus = 2",
+    ),
     ("proposers.0.batch_size=0", "proposers.0.batch_size"),
     ("aggregator.dtype=float8", "aggregator.dtype"),
     ("proposers.0.model=models/nope/not-a-model", "no model folder at"),
