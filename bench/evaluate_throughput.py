@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ from moaa.stages import evaluate  # noqa: E402
 from moaa.stages.evaluate import EvaluateConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the numbers go: bench/out/, or MOAA_BENCH_OUT (tests/test_bench.py runs every script at a tiny size)
+OUT = Path(os.environ.get("MOAA_BENCH_OUT") or ROOT / "bench" / "out")
 
 
 def _engine(model: str, name: str, temperature: float, tiny: bool) -> str:
@@ -154,7 +157,7 @@ def main() -> None:
         s, m = results["single"][key], results["moa"][key]
         ratio = f"{m / s:.2f}" if isinstance(s, (int, float)) and s else ""
         print(f"{key:28}{s!s:>12}{m!s:>12}{ratio:>12}")
-    out = ROOT / "bench" / "out" / "evaluate_throughput.json"
+    out = OUT / "evaluate_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "judges": results}, indent=2) + "\n")
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -142,30 +143,33 @@ def throughput(model: str, n_prompts: int, max_tokens: int, batch_size: int, rou
 # ------------------------------------------------------------------------------------------------ scale
 
 
+class StubEngine:
+    """An engine actor that answers every conversation at once with a fixed text: the interface of
+    ``moaa.engine.vllm._EngineActor`` (tests/test_bench.py compares the two), without a model."""
+
+    def ready(self) -> int:
+        return 1
+
+    def chat(self, conversations, sampling=None, n=1, structured=None, logprobs=None) -> list[Completion]:
+        return [
+            Completion(
+                texts=["stub answer"], prompt_tokens=10, completion_tokens=[2], finish_reasons=["stop"]
+            )
+            for _ in conversations
+        ]
+
+    def close(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node": None}
+
+
 class StubPool:
-    """Stands in for ``EnginePool``: one Ray actor answering every conversation at once with a fixed text."""
+    """Stands in for ``EnginePool``: one Ray actor of ``StubEngine``."""
 
     def __init__(self, cfg):
         import ray
 
-        @ray.remote(num_cpus=0.1)
-        class Stub:
-            def ready(self) -> int:
-                return 1
-
-            def chat(self, conversations, sampling=None, n=1, structured=None):
-                return [
-                    Completion(
-                        texts=["stub answer"],
-                        prompt_tokens=10,
-                        completion_tokens=[2],
-                        finish_reasons=["stop"],
-                    )
-                    for _ in conversations
-                ]
-
         self.cfg = cfg
-        self.actors = [Stub.remote()]
+        self.actors = [ray.remote(num_cpus=0.1)(StubEngine).remote()]
 
 
 def scale_one(rows: int) -> dict:

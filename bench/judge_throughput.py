@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,8 @@ from moaa.stages import generate_dpo  # noqa: E402
 from moaa.stages.generate_dpo import GenerateDPOConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the numbers go: bench/out/, or MOAA_BENCH_OUT (tests/test_bench.py runs every script at a tiny size)
+OUT = Path(os.environ.get("MOAA_BENCH_OUT") or ROOT / "bench" / "out")
 MODES = ("moa", "jury", "single")
 QUESTIONS = ["Name a red fruit.", "What is 2+2?", "Say hi.", "Pick a color.", "Count to 3.", "Name a dog."]
 
@@ -109,7 +112,7 @@ def main() -> None:
     print(f"{'':26}" + "".join(f"{m:>12}" for m in table))
     for key in keys:
         print(f"{key:26}" + "".join(f"{str(table[m][key]):>12}" for m in table))
-    out = ROOT / "bench" / "out" / "judge_throughput.json"
+    out = OUT / "judge_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "modes": table}, indent=2) + "\n")
 

@@ -1,6 +1,6 @@
 """Wall time of the pipeline job vs the sum of the same stages run as separate jobs, in one run.
 
-    python bench/pipeline_overhead.py [--rounds 1] [--repeats 1] [--data ../shared/data]
+    python bench/pipeline_overhead.py [--rounds 1] [--repeats 1] [--data ../shared/data] [key=value ...]
 
 Both sides run the tiny models (configs/pipeline/tiny.yaml, 8 + 2 prompts, a thin benchmark slice) as a user
 would, each command in its own process from a cold start: the pipeline as ``python -m jobs.pipeline`` (report
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the numbers go: bench/out/, or MOAA_BENCH_OUT (tests/test_bench.py runs every script at a tiny size)
+OUT = Path(os.environ.get("MOAA_BENCH_OUT") or ROOT / "bench" / "out")
 sys.path.insert(0, str(ROOT))
 
 from moaa.core.config import load_config  # noqa: E402
@@ -58,15 +61,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="benchmark files folder")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="more pipeline overrides, both sides (e.g. stages=[prepare,generate_sft])",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="moaa-bench-pipeline-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     tiny = ROOT / "configs/pipeline/tiny.yaml"
     best = {"pipeline": float("inf"), "stages": float("inf")}
     per_stage: dict[str, float] = {}
     for k in range(args.repeats):
         runs = work / f"runs-{k}"
-        ov = overrides(args.data, args.rounds)
+        ov = [*overrides(args.data, args.rounds), *args.overrides]
         cfg = load_config(PipelineConfig, tiny, [*ov, f"runs_dir={runs}", "run_id=stages"])
         times = {}
         for r, name in cfg.plan():
@@ -98,7 +113,7 @@ def main() -> None:
     print(f"  {'sum of separate jobs':<24} {best['stages']:8.1f} s")
     print(f"  {'pipeline job':<24} {best['pipeline']:8.1f} s")
     print(f"  overhead {100 * overhead:+.1f}% (target < 5%)")
-    out = ROOT / "bench" / "out" / "pipeline_overhead.json"
+    out = OUT / "pipeline_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args), "stages_s": per_stage, **best, "overhead": overhead}
     out.write_text(json.dumps(result, indent=2) + "\n")
