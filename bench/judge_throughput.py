@@ -75,7 +75,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     moa = config("moa", 0)
-    pools = vllm.start_pools(moa.models())
+    pools = vllm.start_pools(moa.engine_models())
     results: dict[str, dict] = {}
     try:
         for k in range(args.rounds):
