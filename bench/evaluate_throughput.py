@@ -1,7 +1,7 @@
 """Judged answers per minute and judge tokens per decision, single judge vs the MoA judge, on the same
 answers, in one run, side by side.
 
-    python bench/evaluate_throughput.py [--model tiny|smollm2] [--rounds 1] [--data ../shared/data]
+    python bench/evaluate_throughput.py [--model tiny|smollm2] [--rounds 1] [--data DIR] [key=value ...]
 
 One model answers a slice of each benchmark once (evaluate's answer steps); then the same answers are judged
 by each judge, alternating over --rounds (the best round counts): ``single`` = one judge, ``moa`` = two judges
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="benchmark files folder")
+    ap.add_argument("overrides", nargs="*", help="more evaluate overrides, both judges (e.g. mt_bench=null)")
     args = ap.parse_args()
 
     import ray
@@ -101,6 +102,7 @@ def main() -> None:
                 *judges[judge],
                 "judge.max_explanation_chars=24" if tiny else "judge.max_explanation_chars=120",
                 f"output_dir={work / 'answers'}",
+                *args.overrides,
             ],
         )
 

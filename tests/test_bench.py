@@ -24,7 +24,11 @@ SMOKE = {
     ),
     "train_throughput.py": (["--rounds", "1", "--steps", "2"], "train_throughput.json", "ratio (ray / plain"),
     "judge_throughput.py": (["--prompts", "2", "--n", "2"], "judge_throughput.json", "moa"),
-    "evaluate_throughput.py": (["--model", "tiny", "--rounds", "1"], "evaluate_throughput.json", "moa"),
+    "evaluate_throughput.py": (
+        ["--model", "tiny", "--rounds", "1", "mt_bench=null", "alpaca_eval=null", "ifeval=null"],
+        "evaluate_throughput.json",
+        "moa",
+    ),
     "pipeline_overhead.py": (["stages=[prepare]"], "pipeline_overhead.json", "overhead"),
 }
 
