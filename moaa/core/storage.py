@@ -153,11 +153,12 @@ def local_copy(path: str) -> str:
     dest = os.path.join(cache_dir(), "models", f"{posixpath.basename(p.rstrip('/'))}-{key}")
     if os.path.isdir(dest):
         return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    locks = os.path.join(cache_dir(), "locks")  # apart: a listing of models/ holds models only
+    os.makedirs(locks, exist_ok=True)
     # The engines and the training ranks of one node ask for the same model at once (8 ranks, 16 GB each
     # for an 8B model): one fetches it under an exclusive lock, the others wait and find it. The copy goes
     # to a folder of its own first and is renamed when complete, so a process killed mid-copy leaves none.
-    with open(f"{dest}.lock", "w") as lock:
+    with open(os.path.join(locks, f"{os.path.basename(dest)}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(dest):
             return dest
