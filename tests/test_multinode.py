@@ -202,13 +202,11 @@ def test_elastic_training_grows_onto_a_joining_node_and_resumes_when_it_is_lost(
         f"max_steps={STEPS}", "checkpoint.save_steps=5", "checkpoint.max_failures=5",
     ]  # fmt: skip
     # device auto on a cluster without GPUs refuses to guess (a cluster scaled to zero shows none either)
-    refused = subprocess.run(
-        [*MOAA, *args, "run_id=auto"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
-    )
+    refused = subprocess.run([*MOAA, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "scaling.device auto: the Ray cluster has no GPU now" in (
         refused.stdout + refused.stderr
     ), (refused.stdout + refused.stderr)[-3000:]
-    assert not (runs / "auto/train_sft/model").exists()
+    assert not (runs / "elastic/train_sft/model").exists()  # and the corrected command below starts over
     args.append("scaling.device=cpu")
     ray_run = runs / "elastic/train_sft/ray/train_sft-elastic"
     log = tmp_path / "submit.log"
