@@ -215,4 +215,4 @@ def test_each_shard_reaches_the_first_engine_stage_as_its_own_block(ray_local):
     for r in rows:
         shards_of_call.setdefault(r["call"], set()).add(json.loads(r["state"])["shard"])
     assert all(len(s) == 1 for s in shards_of_call.values()), shards_of_call
-    assert "MapBatches(_load)->" not in ds.stats()  # two operators, not one fused
+    assert "(_load)->" not in ds.stats()  # two operators, not one fused

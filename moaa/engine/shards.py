@@ -22,17 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from moaa.core import console, manifests, stage, storage
 from moaa.engine.settings import ModelConfig, check_local, check_sources, engine_key, model_settings
 from moaa.engine.vllm import EnginePool, EngineStage, start_pools, stop_pools
 
-# Light tasks (reading, caller actors) take little CPU so that engine actors holding fractional CPUs never
-# starve them on a small machine.
-LIGHT_CPUS = 0.1
-LOAD_CPUS = 0.05  # not LIGHT_CPUS: see ``read`` (a loader task fused with an engine stage takes every shard)
+# Light tasks (reading shards, the actors that call the engines) reserve no CPU: they wait on files and on
+# engine calls. Any share would add up against the engines' own: one caller per engine stage stays up for the
+# whole dataset, so on 2 CPUs four 0.4-CPU engines plus six callers at 0.1 left nothing for the shard
+# readers, and the job waited forever with every process idle (measured: generate_dpo's tiny walkthrough).
+LIGHT_CPUS = 0
 
 State = dict[str, Any]
 Loader = Callable[[str, dict[str, Any]], list[State]]
@@ -85,35 +85,32 @@ def engine_stage(ds, pools: dict[str, EnginePool], model: ModelConfig, build, ap
     )
 
 
-def _load(batch: dict[str, np.ndarray], load: Loader) -> dict[str, np.ndarray]:
-    """Read the files named in ``source`` into ``shard``/``state`` columns: pass 1 loads input rows as fresh
+def _load(item: dict[str, Any], load: Loader) -> list[dict[str, Any]]:
+    """The rows of the file named in ``source`` as ``shard``/``state`` rows: pass 1 loads input rows as fresh
     states, later passes read the states an earlier pass saved."""
-    shards, states = [], []
-    for name, source, turn, params in zip(batch["shard"], batch["source"], batch["turn"], batch["params"]):
-        if turn == 1:
-            rows = [json.dumps(s, ensure_ascii=False) for s in load(source, json.loads(params))]
-        else:
-            rows = storage.read_parquet(source).column("state").to_pylist()
-        states += rows
-        shards += [name] * len(rows)
-    return {"shard": np.array(shards, dtype=object), "state": np.array(states, dtype=object)}
+    if item["turn"] == 1:
+        states = [json.dumps(s, ensure_ascii=False) for s in load(item["source"], json.loads(item["params"]))]
+    else:
+        states = storage.read_parquet(item["source"]).column("state").to_pylist()
+    return [{"shard": item["shard"], "state": state} for state in states]
 
 
 def read(items: list[dict[str, Any]], load: Loader):
     """One light task per file rather than ``ray.data.read_parquet``: its file-listing task asks for a whole
     CPU, which engine actors holding fractional CPUs can starve forever on a small machine.
 
-    The load is kept out of the first engine stage's operator: its tasks ask for another CPU share
-    (``LOAD_CPUS``) than the engine stages' actors, and Ray Data fuses only operators with the same remote
-    arguments. Fused, the engine stage bundled its input by *file items* up to its batch size, so one task
-    took every shard (measured: 6 shards of 50 prompts went through each layer as one 300-row block, no layer
-    overlapped another, nothing was committed for 16 minutes, and a larger input outlasted Ray Data's
-    no-progress timeout). Apart, each shard is a block of its own rows: the layers pipeline shard by shard
-    and a shard is committed as soon as its last layer is done."""
+    The load is a ``flat_map`` (one file item -> its rows) so that it stays out of the first engine stage's
+    operator: Ray Data does not fuse an operator that can change the number of rows into one that bundles
+    its input by batch size (operator_fusion._can_fuse_map_ops; ``map_batches`` is exempted, which is why
+    the load is not one). Fused, the engine stage bundled its input by *file items* up to its batch size, so
+    one task took every shard (measured: 6 shards of 50 prompts went through each layer as one 300-row block,
+    no layer overlapped another, nothing was committed for 16 minutes, and a larger input outlasted Ray
+    Data's no-progress timeout). Apart, each shard is a block of its own rows: the layers pipeline shard by
+    shard and a shard is committed as soon as its last layer is done."""
     import ray.data
 
-    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _load, fn_kwargs={"load": load}, batch_size=1, num_cpus=LOAD_CPUS
+    return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+        _load, fn_kwargs={"load": load}, num_cpus=LIGHT_CPUS
     )
 
 
