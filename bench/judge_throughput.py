@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moaa.core import schemas, storage  # noqa: E402
 from moaa.core.config import load_config  # noqa: E402
+from moaa.core.stage import EmptyResultError  # noqa: E402
 from moaa.embedded.tiny import make_tiny_models  # noqa: E402
 from moaa.engine import vllm  # noqa: E402
 from moaa.stages import generate_dpo  # noqa: E402
@@ -80,7 +81,10 @@ def main() -> None:
     try:
         for k in range(args.rounds):
             for mode in MODES:
-                summary = generate_dpo.run(config(mode, k), pools=pools)
+                try:
+                    summary = generate_dpo.run(config(mode, k), pools=pools)
+                except EmptyResultError as e:  # every prompt tied: no pairs, but the judging was timed
+                    summary = e.summary
                 s = {**summary.metrics, "rows": summary.rows, "wall_s": summary.wall_s}
                 best = results.get(mode)
                 if best is None or s["wall_s"] < best["wall_s"]:

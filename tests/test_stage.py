@@ -216,3 +216,16 @@ def test_each_shard_reaches_the_first_engine_stage_as_its_own_block(ray_local):
         shards_of_call.setdefault(r["call"], set()).add(json.loads(r["state"])["shard"])
     assert all(len(s) == 1 for s in shards_of_call.values()), shards_of_call
     assert "(_load)->" not in ds.stats()  # two operators, not one fused
+
+
+def test_a_stage_with_nothing_to_pass_on_fails_unfinished_and_says_what_it_did(tmp_path):
+    """The job fails rather than hand the next stage nothing; the error carries the run's summary (a bench
+    measures work that yielded nothing usable) and the folder stays unfinished (no summary.json)."""
+    from moaa.stages import prepare
+
+    done = prepare.run(load_config(prepare.PrepareConfig, None, [f"runs_dir={tmp_path}", "run_id=a"]))
+    cfg = load_config(prepare.PrepareConfig, None, [f"runs_dir={tmp_path}", "run_id=b"])
+    with pytest.raises(stage.EmptyResultError, match="prepare: nothing to pass on: all tied") as e:
+        stage.complete(cfg, {"shards": {}}, done, usable=0, why="all tied")
+    assert e.value.summary == done
+    assert not (tmp_path / "b" / "prepare" / "summary.json").exists()

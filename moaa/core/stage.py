@@ -27,7 +27,12 @@ from moaa.core.config import Config, OutputPath, UserError, hash_data
 
 
 class EmptyResultError(UserError, RuntimeError):
-    """A stage whose every row failed: there is nothing to pass on."""
+    """A stage whose every row failed: there is nothing to pass on. ``summary`` is what the run did (it is
+    not written: the stage stays unfinished), for a caller that measures the work rather than uses it."""
+
+    def __init__(self, message: str, summary: Summary | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 class MetricsError(UserError, ValueError):
@@ -136,7 +141,8 @@ def complete(
         why = why or f"{result.errors} of {result.rows} row(s) failed or were set aside"
         raise EmptyResultError(
             f"{cfg.stage}: nothing to pass on: {why} (see {', '.join(result.outputs.values())}); fix the "
-            f"cause, then rerun with another run_id or after deleting {out}"
+            f"cause, then rerun with another run_id or after deleting {out}",
+            summary=result,
         )
     storage.write_json(storage.join(out, manifests.SUMMARY), result.model_dump(mode="json"))
     manifests.finish_manifest(out, manifest, **result.outputs)
