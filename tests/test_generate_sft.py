@@ -100,7 +100,20 @@ def killed_then_resumed(tmp_path_factory, tiny_models, prompts_dir, engines):
         start_new_session=True,
     )
     deadline = time.time() + 400
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+
+    def single_turn_shard_committed() -> bool:
+        try:
+            return "part-00000.parquet" in json.loads((out / "manifest.json").read_text())["shards"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return False
+
+    # Turn 1 of both shards runs in one pass: the single-turn shard's commit and the chats' turn-1 save come
+    # in either order, so the kill waits for both (turn 2 then takes seconds more).
+    while (
+        not (marker.exists() and single_turn_shard_committed())
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
     proc.wait()
