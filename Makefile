@@ -34,7 +34,7 @@ demo: install
 	$(PY) -m jobs.pipeline --config $(DEMO_CONFIG) $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=40
 
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow"
