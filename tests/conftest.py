@@ -139,6 +139,9 @@ DEMO_SWAP = (
     "DEMO_ARGS='prepare.ultrafeedback.subset=8 prepare.ultrachat.subset=2 evaluate.mt_bench.per_category=1 "
     "evaluate.arena_hard.limit=1 evaluate.alpaca_eval.limit=1'"
 )
+# The stages run alone (runs/steps) take the same few prompts: prepare's tiny config keeps all 45 samples
+# (it is the embedded default), on which the tiny generate_dpo alone took ~150 s.
+STEPS_SWAP = "ultrafeedback.subset=8 ultrachat.subset=2 rows_per_shard=4"
 # No network: any HTTP(S) request goes to a closed port on this machine, the hub is offline.
 OFFLINE = {
     **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
@@ -174,13 +177,16 @@ def readme_env() -> dict[str, str]:
 
 def readme_command(command: str) -> str:
     """A README command as the tests run it: `make` without its install step (the install is the one running
-    the tests), `make demo` with DEMO_SWAP, each `configs/<job>/demo.yaml` as `configs/<job>/tiny.yaml`."""
+    the tests), `make demo` with DEMO_SWAP, each `configs/<job>/demo.yaml` as `configs/<job>/tiny.yaml`, and
+    jobs.prepare with STEPS_SWAP."""
     import re
 
     if command.startswith("make "):
         command = command.replace("make ", "make -o .venv/.moaa-installed ", 1)
         if command.endswith(" demo"):
             command += " " + DEMO_SWAP
+    if " -m jobs.prepare " in command:
+        command += " " + STEPS_SWAP
     return re.sub(r"(configs/\w+/)demo\.yaml", r"\1tiny.yaml", command)
 
 

@@ -130,13 +130,17 @@ def _raylet(node_manager_port: int) -> psutil.Process:
     raise AssertionError(f"no raylet with node manager port {node_manager_port}")
 
 
+# 10 of the samples in 3 shards (2 of them multi-turn chats): enough to lose a node with shards in flight
+FEW = ["ultrafeedback.subset=8", "ultrachat.subset=2", "rows_per_shard=4"]
+
+
 def test_a_lost_worker_node_loses_no_row(cluster, tmp_path):
     address = cluster.start_head(num_cpus=2)
     worker_port = cluster.add_node(num_cpus=2)
     runs = tmp_path / "runs"
     common = ["run_id=nodes", f"runs_dir={runs}"]
     prep = subprocess.run(
-        [*MOAA, "prepare", "--config", "configs/prepare/tiny.yaml", *common, "--address", address],
+        [*MOAA, "prepare", "--config", "configs/prepare/tiny.yaml", *common, *FEW, "--address", address],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert prep.returncode == 0, prep.stdout + prep.stderr

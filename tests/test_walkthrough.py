@@ -4,12 +4,12 @@ checked against its contract. A README change that breaks a command breaks this 
 
 Two swaps keep it to minutes on 2 cores, both with the same jobs, paths and chaining: `make demo` runs the
 pipeline on `configs/pipeline/tiny.yaml` (the tiny models; the embedded SmolLM2 takes ~10 minutes) with fewer
-prompts, and every `configs/<job>/demo.yaml` becomes `configs/<job>/tiny.yaml`; the demo configs' content is
-checked elsewhere (they equal the class defaults; tests/test_smollm.py runs the model). Nothing else is
-swapped: `make demo` runs as written on the shipped data alone, with every proxy pointed at a closed port
-and the hub offline, so a step that reached for the network would fail here; and its console, read as a
-file, stays short (at most DEMO_MAX_LINES lines: Ray's, Ray Data's, Ray Train's and vLLM's logs go to the run
-folder)"""
+prompts, and every `configs/<job>/demo.yaml` becomes `configs/<job>/tiny.yaml` (prepare with fewer prompts,
+conftest.STEPS_SWAP); the demo configs' content is checked elsewhere (they equal the class defaults;
+tests/test_smollm.py runs the model). Nothing else is swapped: `make demo` runs as written on the shipped
+data alone, with every proxy pointed at a closed port and the hub offline, so a step that reached for the
+network would fail here; and its console, read as a file, stays short (at most DEMO_MAX_LINES lines: Ray's,
+Ray Data's, Ray Train's and vLLM's logs go to the run folder)"""
 
 import json
 import re
