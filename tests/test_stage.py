@@ -229,3 +229,48 @@ def test_a_stage_with_nothing_to_pass_on_fails_unfinished_and_says_what_it_did(t
         stage.complete(cfg, {"shards": {}}, done, usable=0, why="all tied")
     assert e.value.summary == done
     assert not (tmp_path / "b" / "prepare" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_the_shard_readers_and_engine_callers_run_when_the_engines_hold_every_cpu(ray_local):
+    """Engine actors may reserve every CPU of a node (2 CPUs, four 0.4-CPU engines and their callers did):
+    the shard readers and the actors that call the engines reserve none, so the job still moves. With any
+    share, the readers waited forever for a CPU, every process idle (the tiny generate_dpo walkthrough)."""
+    import threading
+
+    import ray
+    import ray.data
+
+    from moaa.engine import shards
+
+    @ray.remote
+    class Engine:  # stands in for the engines: holds whatever CPU is left
+        def ready(self) -> bool:
+            return True
+
+    free = ray.available_resources().get("CPU", 0)
+    holder = Engine.options(num_cpus=free).remote()
+    ray.get(holder.ready.remote())
+    try:
+        assert ray.available_resources().get("CPU", 0) == 0
+
+        def rows(path: str, params: dict) -> list[dict]:
+            return [{"i": i} for i in range(5)]
+
+        class Call:
+            def __call__(self, batch):
+                return batch
+
+        items = [{"shard": f"s{k}", "source": f"s{k}", "turn": 1, "params": "{}"} for k in range(2)]
+        ds = shards.read(items, rows).map_batches(
+            Call, batch_size=4, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0
+        )
+        assert shards.LIGHT_CPUS == 0  # what engine_stage gives its callers
+        got: list = []
+        worker = threading.Thread(target=lambda: got.extend(ds.take_all()), daemon=True)
+        worker.start()
+        worker.join(timeout=180)
+        assert not worker.is_alive(), "the readers or callers waited for a CPU the engines hold"
+        assert len(got) == 10
+    finally:
+        ray.kill(holder)
