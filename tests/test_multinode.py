@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import release_ray
+from conftest import STEPS_SWAP, release_ray
 from test_submit import ENV, _free_port, _job_ids, _ray_processes_since
 from test_train import sft_rows
 
@@ -130,8 +130,8 @@ def _raylet(node_manager_port: int) -> psutil.Process:
     raise AssertionError(f"no raylet with node manager port {node_manager_port}")
 
 
-# 10 of the samples in 3 shards (2 of them multi-turn chats): enough to lose a node with shards in flight
-FEW = ["ultrafeedback.subset=8", "ultrachat.subset=2", "rows_per_shard=4"]
+# the walkthrough's few prompts: 10 samples in 3 shards, enough to lose a node with shards in flight
+FEW = STEPS_SWAP.split()
 
 
 def test_a_lost_worker_node_loses_no_row(cluster, tmp_path):
